@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One entry for every scale; all arguments are Hydra overrides passed to scripts/train.py.
+#
+#   ./launch.sh                                          # default run (tiny Shakespeare), sets up .venv on first use
+#   ./launch.sh experiment=smoke trainer.max_steps=100   # any config value from the command line
+#   NPROC=8 ./launch.sh strategy=ddp                     # 8 processes on this machine (torchrun)
+#   NNODES=2 NODE_RANK=0 MASTER_ADDR=node0 NPROC=8 ./launch.sh ...   # run on every node
+#   LAUNCHER=deepspeed NPROC=8 ./launch.sh strategy=deepspeed_zero2
+#   DRY_RUN=1 ./launch.sh ...                            # print the command, compose and validate, do not train
+#
+# Environment: LAUNCHER (python|torchrun|deepspeed; default python for one process, torchrun otherwise),
+# NPROC (processes per node, default 1), NNODES (default 1, or SLURM_NNODES inside an allocation),
+# NODE_RANK (default 0, or SLURM_NODEID), MASTER_ADDR (default 127.0.0.1, or the allocation's first host),
+# MASTER_PORT (default 29500), PYTHON (interpreter; default .venv/bin/python, created by scripts/setup.sh).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x "$root/.venv/bin/python" ] && "$root/.venv/bin/python" -c "import gptforge" 2>/dev/null; then
+    PYTHON="$root/.venv/bin/python"
+  elif [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && python3 -c "import gptforge" 2>/dev/null; then
+    PYTHON=python3
+  else
+    bash "$root/scripts/setup.sh"
+    PYTHON="$root/.venv/bin/python"
+  fi
+fi
+
+if [ -n "${SLURM_JOB_ID:-}" ] && [ -z "${NNODES:-}" ]; then
+  NNODES=${SLURM_NNODES:-1}
+  NODE_RANK=${NODE_RANK:-${SLURM_NODEID:-0}}
+  MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "${SLURM_JOB_NODELIST}" 2>/dev/null | head -n 1)}
+fi
+NPROC=${NPROC:-1}
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+MASTER_PORT=${MASTER_PORT:-29500}
+if [ "$NPROC" = 1 ] && [ "$NNODES" = 1 ]; then default_launcher=python; else default_launcher=torchrun; fi
+LAUNCHER=${LAUNCHER:-$default_launcher}
+
+script="$root/scripts/train.py"
+case "$LAUNCHER" in
+  python)
+    cmd=("$PYTHON" "$script") ;;
+  torchrun)
+    cmd=("$PYTHON" -m torch.distributed.run --nproc_per_node="$NPROC" --nnodes="$NNODES" --node_rank="$NODE_RANK"
+         --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" "$script") ;;
+  deepspeed)
+    cmd=("$PYTHON" -m deepspeed.launcher.runner --no_local_rank --num_gpus="$NPROC" --num_nodes="$NNODES"
+         --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" "$script") ;;
+  *)
+    echo "error: LAUNCHER=$LAUNCHER is not valid; choose python, torchrun or deepspeed" >&2
+    exit 2 ;;
+esac
+
+if [ -n "${DRY_RUN:-}" ] && [ "${DRY_RUN}" != 0 ]; then
+  echo "would run: ${cmd[*]} $*"
+  exec "$PYTHON" "$script" "$@" dry_run=true
+fi
+exec "${cmd[@]}" "$@"

@@ -1,0 +1,280 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+
+Hydra composes `configs/` on top of `Config`, so an unknown key or a value of the wrong type fails
+at start-up with the key's full name. Checks that need more than a type (ranges, divisibility,
+names from a fixed set) live in `__post_init__` and in `validate()`, and raise `ConfigError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gptforge.errors import ConfigError
+
+
+def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+def _positive(key: str, value: float | None, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{key}={value} is not valid; it must be {bound}")
+
+
+MODEL_FLAVOURS = ("gpt2", "llama")
+
+
+@dataclass
+class ModelConfig:
+    """A GPT decoder: flavour `gpt2` (learned positions, LayerNorm, GELU) or `llama` (RoPE, RMSNorm)."""
+
+    flavour: str = "gpt2"
+    vocab_size: int | None = None  # None: follow the tokenizer (rounded up to vocab_multiple)
+    vocab_multiple: int = (
+        1  # pad the vocabulary to a multiple of this (64 keeps matmuls tensor-core friendly)
+    )
+    block_size: int = 256  # context length in tokens
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int | None = None  # None: n_head (multi-head); fewer: grouped-query attention
+    n_embd: int = 128
+    intermediate_size: int | None = (
+        None  # MLP hidden size; None: 4*n_embd (gpt2), ~8/3*n_embd rounded (llama)
+    )
+    dropout: float = 0.0
+    bias: bool | None = None  # None: True for gpt2, False for llama
+    tie_embeddings: bool = True  # share the token embedding with the output head
+    rope_theta: float = 10000.0  # RoPE base (llama)
+    norm_eps: float = 1e-5
+    init_std: float = 0.02  # residual projections use init_std / sqrt(2 * n_layer) (GPT-2 scaled init)
+
+    def __post_init__(self) -> None:
+        _choice("model.flavour", self.flavour, MODEL_FLAVOURS)
+        for key in ("block_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
+            _positive(f"model.{key}", getattr(self, key))
+        _positive("model.vocab_size", self.vocab_size)
+        _positive("model.n_kv_head", self.n_kv_head)
+        _positive("model.intermediate_size", self.intermediate_size)
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}; "
+                "pick n_embd as a multiple of n_head"
+            )
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head:
+            raise ConfigError(
+                f"model.n_head={self.n_head} is not divisible by model.n_kv_head={self.n_kv_head}; "
+                "n_kv_head must divide n_head"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout} is not valid; it must be in [0, 1)")
+
+    @property
+    def has_bias(self) -> bool:
+        return self.flavour == "gpt2" if self.bias is None else self.bias
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+
+TOKENIZER_NAMES = ("char", "byte", "bpe", "gpt2")
+
+
+@dataclass
+class TokenizerConfig:
+    """How text becomes token ids; see gptforge.data.tokenizers."""
+
+    name: str = "char"
+    path: str | None = None  # tokenizer file to load (bpe: tokenizer.json; gpt2: local .tiktoken file)
+    vocab_size: int = 8192  # bpe training: target vocabulary size
+    eos_token: str = "<|endoftext|>"
+
+    def __post_init__(self) -> None:
+        _choice("tokenizer.name", self.name, TOKENIZER_NAMES)
+        _positive("tokenizer.vocab_size", self.vocab_size)
+
+
+DATA_SOURCES = ("text_file",)
+
+
+@dataclass
+class DataConfig:
+    """Where training and validation tokens come from; see gptforge.data."""
+
+    source: str = "text_file"
+    path: str = "data/tinyshakespeare.txt"  # relative paths resolve against the project root
+    val_path: str | None = None  # None: hold out the last val_fraction of path
+    val_fraction: float = 0.1
+    num_workers: int = 0  # DataLoader worker processes per rank
+
+    def __post_init__(self) -> None:
+        _choice("data.source", self.source, DATA_SOURCES)
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={self.val_fraction} is not valid; it must be in [0, 1)")
+        _positive("data.num_workers", self.num_workers, allow_zero=True)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW; no weight decay on norms, biases and embeddings."""
+
+    name: str = "adamw"
+    lr: float = 1e-3  # peak learning rate, reached at the end of warm-up
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    fused: bool | None = None  # None: fused kernel on CUDA, foreach elsewhere
+
+    def __post_init__(self) -> None:
+        _choice("optim.name", self.name, ("adamw",))
+        _positive("optim.lr", self.lr)
+        _positive("optim.weight_decay", self.weight_decay, allow_zero=True)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas={list(self.betas)} is not valid; give two values in [0, 1)")
+
+
+SCHEDULER_NAMES = ("cosine", "linear", "wsd", "constant")
+
+
+@dataclass
+class SchedulerConfig:
+    """Learning rate against step: linear warm-up, then the named decay down to min_lr."""
+
+    name: str = "cosine"
+    warmup_steps: int = 100  # optimizer steps of linear warm-up from 0 to optim.lr
+    min_lr: float = 0.0  # learning rate at the end of the decay
+    decay_steps: int | None = None  # step at which the decay ends; None: trainer.max_steps
+    wsd_decay_fraction: float = 0.2  # wsd: the last fraction of steps that decays (the rest is flat)
+
+    def __post_init__(self) -> None:
+        _choice("scheduler.name", self.name, SCHEDULER_NAMES)
+        _positive("scheduler.warmup_steps", self.warmup_steps, allow_zero=True)
+        _positive("scheduler.min_lr", self.min_lr, allow_zero=True)
+        _positive("scheduler.decay_steps", self.decay_steps)
+        if not 0.0 < self.wsd_decay_fraction <= 1.0:
+            raise ConfigError(
+                f"scheduler.wsd_decay_fraction={self.wsd_decay_fraction} is not valid; it must be in (0, 1]"
+            )
+
+
+STRATEGY_NAMES = ("single",)
+
+
+@dataclass
+class StrategyConfig:
+    """How the model is spread over processes; see gptforge.trainer.strategies."""
+
+    name: str = "single"
+    backend: str = "auto"  # process group backend: auto (nccl on CUDA, gloo on CPU), nccl, gloo
+    timeout_s: int = 600  # a collective that takes longer than this fails instead of hanging
+    extra: dict[str, Any] = field(default_factory=dict)  # backend-specific keys passed through unchanged
+
+    def __post_init__(self) -> None:
+        _choice("strategy.name", self.name, STRATEGY_NAMES)
+        _choice("strategy.backend", self.backend, ("auto", "nccl", "gloo"))
+        _positive("strategy.timeout_s", self.timeout_s)
+
+
+@dataclass
+class ConsoleLoggerConfig:
+    progress_bar: bool | None = None  # None: a bar on a terminal, one line per log step otherwise
+
+
+@dataclass
+class JsonlLoggerConfig:
+    filename: str = "metrics.jsonl"  # inside the run directory
+
+
+@dataclass
+class LoggerConfig:
+    """Each logger that is set (not null) receives every metric record."""
+
+    console: ConsoleLoggerConfig | None = None
+    jsonl: JsonlLoggerConfig | None = None
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+RESUME_MODES = ("auto", "never")
+
+
+@dataclass
+class TrainerConfig:
+    """The training loop: batch sizes, length, precision, evaluation, checkpointing, resume."""
+
+    max_steps: int = 1000  # optimizer steps
+    micro_batch_size: int = 12  # sequences per device per forward/backward
+    global_batch_size: int | None = None  # sequences per optimizer step; None: micro_batch_size * world size
+    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
+    precision: str = "auto"  # auto: bf16 autocast where the device supports it, else fp32
+    device: str = "auto"  # auto: cuda when present, else cpu
+    compile: bool = False  # torch.compile the model
+    log_every: int = 10  # steps between metric records
+    eval_every: int = 250  # steps between evaluations; 0 turns periodic evaluation off
+    eval_batches: int = 20  # micro-batches per evaluation
+    checkpoint_every: int = 500  # steps between checkpoints; 0 saves only at the end
+    keep_last: int = 3  # complete checkpoints kept on disk
+    resume: str = "auto"  # auto: continue from the newest checkpoint in out_dir; never: start fresh
+    overwrite: bool = False  # with resume=never, allow starting over in an out_dir that holds checkpoints
+    sample_tokens: int = 0  # after training, print this many tokens sampled from the model
+    threads: int | None = None  # CPU threads for torch; None: torch's default
+    peak_flops_per_sec: float | None = None  # per-device peak for MFU; None: the table for known GPUs
+
+    def __post_init__(self) -> None:
+        for key in ("max_steps", "micro_batch_size", "log_every", "eval_batches", "keep_last"):
+            _positive(f"trainer.{key}", getattr(self, key))
+        for key in ("grad_clip", "eval_every", "checkpoint_every", "sample_tokens"):
+            _positive(f"trainer.{key}", getattr(self, key), allow_zero=True)
+        _positive("trainer.global_batch_size", self.global_batch_size)
+        _positive("trainer.threads", self.threads)
+        _choice("trainer.precision", self.precision, PRECISIONS)
+        _choice("trainer.device", self.device, ("auto", "cpu", "cuda"))
+        _choice("trainer.resume", self.resume, RESUME_MODES)
+
+
+@dataclass
+class Config:
+    """A whole run; `configs/config.yaml` composes one of these."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    name: str = "default"  # run name, used in the default out_dir
+    out_dir: str = "runs/default"  # the run directory: config, metrics, checkpoints
+    seed: int = 1337
+    debug: bool = False  # show full tracebacks instead of one-line errors
+    dry_run: bool = False  # compose and validate the config, print it, do not train
+
+    def __post_init__(self) -> None:
+        warmup = self.scheduler.warmup_steps
+        if warmup >= self.trainer.max_steps and self.scheduler.name != "constant":
+            raise ConfigError(
+                f"scheduler.warmup_steps={warmup} is not shorter than trainer.max_steps="
+                f"{self.trainer.max_steps}; the run would never leave warm-up"
+            )
+        global_batch, micro_batch = self.trainer.global_batch_size, self.trainer.micro_batch_size
+        if global_batch is not None and global_batch % micro_batch:
+            raise ConfigError(
+                f"trainer.global_batch_size={global_batch} is not a multiple of "
+                f"trainer.micro_batch_size={micro_batch}"
+            )
+
+
+def register_configs() -> None:
+    """Register `Config` as the schema that `configs/config.yaml` extends."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="gptforge_schema", node=Config)

@@ -1,0 +1,103 @@
+"""The GPT decoder, built from a ModelConfig: GPT-2 or Llama flavour, nothing about devices or ranks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gptforge.config import ModelConfig
+from gptforge.models.layers import Block, KVCache, build_norm, rope_cache
+
+
+class GPT(nn.Module):
+    """Token embedding, `n_layer` blocks, final norm and a linear head over the vocabulary."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ValueError("model.vocab_size is not set; resolve it from the tokenizer before building GPT")
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.flavour == "gpt2" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = build_norm(cfg)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        if cfg.flavour == "llama":
+            cos, sin = rope_cache(cfg.head_dim, cfg.block_size, cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, init_std), zero biases, residual projections scaled by 1/sqrt(2 * n_layer)."""
+        residual_std = self.cfg.init_std / math.sqrt(2 * self.cfg.n_layer)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                std = residual_std if name.endswith(".proj") else self.cfg.init_std
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache: list[KVCache] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab_size) and, given targets, the mean cross-entropy (targets of -100 ignored).
+
+        With `kv_cache` (one KVCache per layer, from `new_kv_cache`) the tokens continue the cached ones.
+        """
+        _, T = input_ids.size()
+        start = kv_cache[0].length if kv_cache else 0
+        if start + T > self.cfg.block_size:
+            raise ValueError(f"{start + T} tokens exceed model.block_size={self.cfg.block_size}")
+        x = self.wte(input_ids)  # (B, T, n_embd)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start, start + T, device=input_ids.device))
+        else:
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, kv_cache[i] if kv_cache else None)
+        logits = self.lm_head(self.norm_f(x))  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            # float32 loss: bf16 log-softmax over a large vocabulary loses precision
+            flat_logits = logits.float().view(-1, logits.size(-1))
+            loss = F.cross_entropy(flat_logits, targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    def new_kv_cache(self) -> list[KVCache]:
+        return [KVCache() for _ in self.blocks]
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameters, tied weights counted once; non-embedding leaves out the token and position tables."""
+        total = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            total -= self.wte.weight.numel()
+            if self.wpe is not None:
+                total -= self.wpe.weight.numel()
+        return total
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token in the PaLM convention: 6 * N + 12 * n_layer * n_head * head_dim * T.
+
+        N counts non-embedding parameters plus the output head (a real matmul whether tied or not);
+        the second term is attention's scores and weighted sum at context T (default block_size).
+        """
+        cfg = self.cfg
+        n = self.num_params(non_embedding=True)
+        if cfg.tie_embeddings:
+            n += cfg.vocab_size * cfg.n_embd
+        t = seq_len or cfg.block_size
+        return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * t

@@ -1,0 +1,143 @@
+"""The parts of a GPT block: norms, rotary embeddings, causal self-attention with a KV cache, MLPs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gptforge.config import ModelConfig
+
+
+def build_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.flavour == "llama":
+        return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.has_bias)
+
+
+def rope_cache(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables (max_len, head_dim), halves repeated as Hugging Face Llama lays them out."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (T, head_dim / 2)
+    angles = torch.cat([freqs, freqs], dim=-1)  # (T, head_dim)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, n_head, T, head_dim) by position: rotate_half over non-interleaved halves (HF Llama)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, for one layer: (B, n_kv_head, T_past, head_dim) each."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.size(2)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head or grouped-query causal attention over one fused q/k/v projection."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, bias=cfg.has_bias)
+        self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.has_bias)
+        self.dropout = cfg.dropout
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        B, T, _ = x.size()
+        kv_dim = self.n_kv_head * self.head_dim
+        q, k, v = self.qkv(x).split([self.n_head * self.head_dim, kv_dim, kv_dim], dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, head_dim)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, head_dim)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.append(k, v)
+        if self.n_kv_head != self.n_head:
+            # each key/value head serves n_head / n_kv_head query heads
+            repeats = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+        mask = None
+        if past and T > 1:
+            # new tokens see every cached token and the new ones up to themselves
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=past == 0 and T > 1,
+        )  # (B, n_head, T, head_dim)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    """GPT-2's feed-forward: Linear, GELU (tanh approximation, as GPT-2), Linear."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        hidden = cfg.intermediate_size or 4 * cfg.n_embd
+        self.fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.has_bias)
+        self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.has_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+class SwiGLU(nn.Module):
+    """Llama's gated feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        hidden = cfg.intermediate_size or -(-int(8 * cfg.n_embd / 3) // 64) * 64
+        self.gate = nn.Linear(cfg.n_embd, hidden, bias=cfg.has_bias)
+        self.up = nn.Linear(cfg.n_embd, hidden, bias=cfg.has_bias)
+        self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.has_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm_1 = build_norm(cfg)
+        self.attn = CausalSelfAttention(cfg)
+        self.norm_2 = build_norm(cfg)
+        self.mlp = SwiGLU(cfg) if cfg.flavour == "llama" else MLP(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.norm_1(x), rope, cache))
+        return x + self.dropout(self.mlp(self.norm_2(x)))

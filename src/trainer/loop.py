@@ -1,0 +1,174 @@
+"""The training loop: a story of steps, evaluations and checkpoints, whatever the backend."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from gptforge.config import Config
+from gptforge.data import RandomWindowLoader, Tokenizer
+from gptforge.models import generate
+from gptforge.trainer import checkpoint as ckpt
+from gptforge.trainer.loggers import Loggers, build_loggers
+from gptforge.trainer.metrics import ThroughputMeter, peak_flops_per_sec
+from gptforge.trainer.schedules import LRSchedule
+from gptforge.trainer.strategies import Strategy
+
+
+class Trainer:
+    """Drives a strategy over the data: step, log, evaluate, checkpoint, resume."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        strategy: Strategy,
+        tokenizer: Tokenizer,
+        train_loader: RandomWindowLoader,
+        make_val_batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None,
+        grad_accum_steps: int,
+        flops_per_token: int,
+    ) -> None:
+        self.cfg = cfg
+        self.tcfg = cfg.trainer
+        self.run_dir = run_dir
+        self.strategy = strategy
+        self.tokenizer = tokenizer
+        self.train_loader = train_loader
+        self.make_val_batches = make_val_batches
+        self.grad_accum_steps = grad_accum_steps
+        self.schedule = LRSchedule(cfg.scheduler, cfg.optim.lr, self.tcfg.max_steps)
+        self.checkpointer = ckpt.Checkpointer(
+            run_dir / "checkpoints", self.tcfg.keep_last, strategy.is_main, strategy.barrier
+        )
+        self.tokens_per_step = train_loader.global_batch_size * cfg.model.block_size
+        peak = peak_flops_per_sec(strategy.device, self.tcfg.peak_flops_per_sec)
+        self.meter = ThroughputMeter(flops_per_token, peak, strategy.world_size)
+        self.step = 0
+        self.tokens_seen = 0
+        self.loggers: Loggers | None = None
+
+    def fit(self) -> dict:
+        """Train to `trainer.max_steps` (resuming if a checkpoint exists); returns the last metrics."""
+        self.resume()
+        if self.strategy.is_main:
+            self.loggers = build_loggers(self.cfg.logger, self.run_dir, self.tcfg.max_steps, self.step)
+        last: dict = {}
+        self.meter.reset()
+        while self.step < self.tcfg.max_steps:
+            loss, grad_norm, lr = self.train_step()
+            self.step += 1
+            self.tokens_seen += self.tokens_per_step
+            self.meter.update(self.tokens_per_step)
+            if self.step % self.tcfg.log_every == 0 or self.step == self.tcfg.max_steps:
+                last = self.log_train(loss, grad_norm, lr)
+            if self.tcfg.eval_every and self.step % self.tcfg.eval_every == 0:
+                last |= self.evaluate()
+            if self.tcfg.checkpoint_every and self.step % self.tcfg.checkpoint_every == 0:
+                self.save()
+        if self.tcfg.eval_every and self.step % self.tcfg.eval_every and self.make_val_batches:
+            last |= self.evaluate()
+        self.save()
+        if self.loggers is not None:
+            self.loggers.close()
+        return last
+
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One optimizer step over `grad_accum_steps` micro-batches; returns loss and grad norm tensors."""
+        lr = self.schedule(self.step)
+        loss_sum = torch.zeros((), device=self.strategy.device)
+        for micro in range(self.grad_accum_steps):
+            input_ids, targets = next(self.train_loader)
+            input_ids, targets = self.strategy.to_device(input_ids), self.strategy.to_device(targets)
+            last_micro = micro == self.grad_accum_steps - 1
+            loss_sum += self.strategy.forward_backward(
+                input_ids, targets, 1.0 / self.grad_accum_steps, last_micro
+            )
+        grad_norm = self.strategy.clip_and_step(self.tcfg.grad_clip, lr)
+        return loss_sum / self.grad_accum_steps, grad_norm, lr
+
+    def log_train(self, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> dict:
+        record = {
+            "step": self.step,
+            "max_steps": self.tcfg.max_steps,
+            "loss": self.strategy.all_reduce_mean(loss).item(),
+            "lr": lr,
+            "grad_norm": grad_norm.item(),
+            "tokens_seen": self.tokens_seen,
+            **self.meter.report(),
+        }
+        record["eta_s"] = record["step_time_s"] * (self.tcfg.max_steps - self.step)
+        self._emit(record)
+        return record
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Mean validation loss over `trainer.eval_batches` batches, averaged across ranks."""
+        if self.make_val_batches is None:
+            return {}
+        self.strategy.model.eval()
+        losses = [
+            self.strategy.eval_loss(self.strategy.to_device(x), self.strategy.to_device(y))
+            for x, y in self.make_val_batches()
+        ]
+        self.strategy.model.train()
+        val_loss = self.strategy.all_reduce_mean(torch.stack(losses).mean()).item()
+        record = {"step": self.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+        self._emit(record)
+        self.meter.reset()  # evaluation time is not training throughput
+        return record
+
+    def save(self) -> None:
+        def write_shards(directory: Path) -> None:
+            self.strategy.save(directory)
+            rank_state = {"rng": ckpt.capture_rng(), "data": self.train_loader.state_dict()}
+            ckpt.save_rank_state(directory, self.strategy.rank, rank_state)
+
+        def write_main(directory: Path) -> None:
+            state = {
+                "step": self.step,
+                "tokens_seen": self.tokens_seen,
+                "world_size": self.strategy.world_size,
+            }
+            ckpt.write_trainer_state(directory, state)
+            OmegaConf.save(OmegaConf.structured(self.cfg), directory / "config.yaml")
+            self.tokenizer.save(directory)
+
+        self.checkpointer.save(self.step, write_shards, write_main)
+
+    def resume(self) -> None:
+        """Continue from the newest valid checkpoint when `trainer.resume=auto` finds one."""
+        if self.tcfg.resume == "never":
+            return
+        directory = self.checkpointer.latest_valid()
+        if directory is None:
+            return
+        self.strategy.load(directory)
+        state = ckpt.read_trainer_state(directory)
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        rank_state = ckpt.load_rank_state(directory, self.strategy.rank)
+        self.train_loader.load_state_dict(rank_state["data"])
+        ckpt.restore_rng(rank_state["rng"])
+        if self.strategy.is_main:
+            print(f"gptforge: resumed from {directory} at step {self.step}", flush=True)
+
+    def sample(self, max_new_tokens: int, prompt: str = "\n", temperature: float = 0.8) -> str:
+        """Text sampled from the model (rank 0), for a first look at what the run learned."""
+        model = self.strategy.unwrapped_model
+        model.eval()
+        prompt_ids = torch.tensor([self.tokenizer.encode(prompt)], device=self.strategy.device)
+        generator = torch.Generator(device=self.strategy.device).manual_seed(self.cfg.seed)
+        with self.strategy.autocast():
+            out = generate(
+                model, prompt_ids, max_new_tokens, temperature=temperature, top_k=200, generator=generator
+            )
+        model.train()
+        return self.tokenizer.decode(out[0].tolist())
+
+    def _emit(self, record: dict) -> None:
+        if self.loggers is not None:
+            self.loggers.log(record)

@@ -1,0 +1,127 @@
+"""The one interface the training loop uses to run a step, whatever the backend."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gptforge.config import OptimConfig, StrategyConfig
+from gptforge.errors import ConfigError
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """`auto` is CUDA when present, else CPU; a CUDA run uses the device of this process's local rank."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu"
+            )
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for full fp32. `auto` is bf16 on CUDA devices that support it."""
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    if name == "fp16" and device.type != "cuda":
+        raise ConfigError("trainer.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[name]
+
+
+class Strategy(ABC):
+    """Sets up model and optimizer for one backend, runs forward/backward/step, saves and loads state."""
+
+    def __init__(self, cfg: StrategyConfig, device: str = "auto", precision: str = "auto") -> None:
+        self.cfg = cfg
+        self.rank = int(os.environ.get("RANK", 0))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.device = resolve_device(device, self.local_rank)
+        self.autocast_dtype = resolve_precision(precision, self.device)
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def precision_name(self) -> str:
+        return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[self.autocast_dtype]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    @abstractmethod
+    def setup(self, model: nn.Module, optim_cfg: OptimConfig, compile: bool = False) -> None:
+        """Move/wrap the model for this backend (compiled if asked) and build its optimizer."""
+
+    @abstractmethod
+    def forward_backward(
+        self, input_ids: torch.Tensor, targets: torch.Tensor, loss_scale: float, sync_grads: bool
+    ) -> torch.Tensor:
+        """One micro-batch: forward, backward of `loss * loss_scale`; returns the unscaled loss, detached.
+
+        `sync_grads` is False on all but the last micro-batch of a step, so backends skip the all-reduce.
+        """
+
+    @abstractmethod
+    def clip_and_step(self, max_norm: float, lr: float) -> torch.Tensor:
+        """Clip the global gradient norm (0: no clipping), step the optimizer at `lr`, zero grads.
+
+        Returns the global gradient norm before clipping.
+        """
+
+    @abstractmethod
+    def save(self, directory: Path) -> None:
+        """Write model and optimizer state into `directory` in the backend's own format (all ranks call)."""
+
+    @abstractmethod
+    def load(self, directory: Path) -> None:
+        """Restore model and optimizer state written by `save` (all ranks call)."""
+
+    @abstractmethod
+    def full_model_state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole model's weights as plain CPU tensors (on rank 0; may be empty elsewhere)."""
+
+    @torch.no_grad()
+    def eval_loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Loss of one batch without gradients, through the wrapped model (all ranks call)."""
+        with self.autocast():
+            _, loss = self.model(input_ids, targets)
+        return loss.detach()
+
+    @property
+    def unwrapped_model(self) -> nn.Module:
+        """The model as built, without backend wrappers (for evaluation and sampling)."""
+        return self.model
+
+    def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def barrier(self) -> None:
+        return None
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        """True on every rank if `flag` is True on any rank."""
+        return flag
+
+    def teardown(self) -> None:
+        return None

@@ -1,0 +1,116 @@
+"""The GPT model: shapes, causality, grouped-query attention, tying, init, parameter and FLOP counts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gptforge.config import ModelConfig
+from gptforge.models import GPT
+
+
+def tiny(flavour: str = "gpt2", **kwargs) -> GPT:
+    torch.manual_seed(0)
+    fields = dict(flavour=flavour, n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=50) | kwargs
+    return GPT(ModelConfig(**fields)).eval()
+
+
+FLAVOURS = [("gpt2", {}), ("llama", {}), ("llama", {"n_kv_head": 2}), ("llama", {"n_kv_head": 1})]
+
+
+@pytest.mark.parametrize(("flavour", "extra"), FLAVOURS)
+def test_logits_shape_and_loss(flavour: str, extra: dict) -> None:
+    model = tiny(flavour, **extra)
+    ids = torch.randint(0, 50, (3, 16))
+    logits, loss = model(ids, ids)
+    assert logits.shape == (3, 16, 50)
+    assert loss.item() == pytest.approx(F.cross_entropy(logits.view(-1, 50), ids.view(-1)).item(), rel=1e-6)
+    assert model(ids)[1] is None
+
+
+@pytest.mark.parametrize(("flavour", "extra"), FLAVOURS)
+def test_a_future_token_cannot_change_an_earlier_logit(flavour: str, extra: dict) -> None:
+    model = tiny(flavour, **extra)
+    ids = torch.randint(0, 50, (2, 12))
+    changed = ids.clone()
+    changed[:, 7:] = (changed[:, 7:] + 1) % 50
+    a, _ = model(ids)
+    b, _ = model(changed)
+    assert torch.allclose(a[:, :7], b[:, :7], atol=1e-6)
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+def test_targets_of_minus_100_carry_no_loss() -> None:
+    model = tiny()
+    ids = torch.randint(0, 50, (2, 8))
+    targets = ids.clone()
+    targets[:, :5] = -100
+    logits, loss = model(ids, targets)
+    expected = F.cross_entropy(logits[:, 5:].reshape(-1, 50), ids[:, 5:].reshape(-1))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_grouped_query_attention_has_fewer_key_value_weights() -> None:
+    full, grouped = tiny("llama"), tiny("llama", n_kv_head=1)
+    head_dim = 32 // 4
+    assert full.blocks[0].attn.qkv.weight.shape == ((4 + 2 * 4) * head_dim, 32)
+    assert grouped.blocks[0].attn.qkv.weight.shape == ((4 + 2 * 1) * head_dim, 32)
+
+
+def test_weight_tying_shares_the_embedding_with_the_head() -> None:
+    tied, untied = tiny(tie_embeddings=True), tiny(tie_embeddings=False)
+    assert tied.lm_head.weight.data_ptr() == tied.wte.weight.data_ptr()
+    assert untied.lm_head.weight.data_ptr() != untied.wte.weight.data_ptr()
+    assert untied.num_params(non_embedding=False) == tied.num_params(non_embedding=False) + 50 * 32
+
+
+def test_residual_projections_use_the_scaled_init() -> None:
+    model = GPT(ModelConfig(n_layer=8, n_head=4, n_embd=256, block_size=16, vocab_size=64))
+    assert model.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.blocks[0].attn.proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert model.blocks[0].mlp.proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+
+
+def test_parameter_count_matches_a_hand_count() -> None:
+    C, V, T, L = 32, 50, 16, 2
+    per_block = (2 * C + 2 * C) + (C * 3 * C + 3 * C) + (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C)
+    non_embedding = L * per_block + 2 * C  # blocks and the final LayerNorm
+    model = tiny()
+    assert model.num_params() == non_embedding
+    assert model.num_params(non_embedding=False) == non_embedding + V * C + T * C
+
+
+def test_flops_per_token_is_six_n_plus_the_attention_term() -> None:
+    model = tiny()
+    n = model.num_params() + 50 * 32  # the tied head is a matmul too
+    assert model.flops_per_token() == 6 * n + 12 * 2 * 4 * 8 * 16
+    assert model.flops_per_token(seq_len=8) == 6 * n + 12 * 2 * 4 * 8 * 8
+
+
+def test_gpt2_124m_has_124m_parameters() -> None:
+    with torch.device("meta"):
+        model = GPT(ModelConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257))
+    assert model.num_params(non_embedding=False) == 124_439_808  # the published GPT-2 small count
+
+
+def test_longer_than_block_size_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"model\.block_size=16"):
+        tiny()(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+def test_a_few_steps_on_one_batch_reduce_the_loss(flavour: str) -> None:
+    model = tiny(flavour).train()
+    ids = torch.randint(0, 50, (4, 16))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(10):
+        _, loss = model(ids, ids)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 1.0

@@ -1,0 +1,75 @@
+"""Checkpoint directories: published only when complete, verified on load, pruned to the last K."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gptforge.errors import CheckpointError
+from gptforge.trainer.checkpoint import LATEST, Checkpointer, verify
+
+
+def save(checkpointer: Checkpointer, step: int, payload: bytes = b"weights") -> Path:
+    def write_shards(directory: Path) -> None:
+        (directory / "model.pt").write_bytes(payload)
+
+    def write_main(directory: Path) -> None:
+        (directory / "trainer_state.json").write_text(f'{{"step": {step}}}')
+
+    return checkpointer.save(step, write_shards, write_main)
+
+
+@pytest.fixture
+def checkpointer(tmp_path: Path) -> Checkpointer:
+    return Checkpointer(tmp_path / "checkpoints", keep_last=2, is_main=True, barrier=lambda: None)
+
+
+def test_save_publishes_a_verified_directory_and_moves_latest(checkpointer: Checkpointer) -> None:
+    path = save(checkpointer, 10)
+    assert path.name == "step_10" and verify(path) is None
+    assert (checkpointer.root / LATEST).read_text().strip() == "step_10"
+    assert not list(checkpointer.root.glob(".tmp-*"))
+    assert checkpointer.latest_valid() == path
+
+
+def test_keeps_only_the_last_k(checkpointer: Checkpointer) -> None:
+    for step in (10, 20, 30):
+        save(checkpointer, step)
+    assert [p.name for p in checkpointer.step_dirs()] == ["step_30", "step_20"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "remove_manifest", "remove_file"])
+def test_a_damaged_checkpoint_is_skipped_for_the_previous_one(
+    checkpointer: Checkpointer, damage: str, capsys
+) -> None:
+    good = save(checkpointer, 10)
+    bad = save(checkpointer, 20, payload=b"newer weights")
+    model = bad / "model.pt"
+    if damage == "truncate":
+        model.write_bytes(model.read_bytes()[:3])
+    elif damage == "flip":
+        data = bytearray(model.read_bytes())
+        data[0] ^= 0xFF
+        model.write_bytes(bytes(data))
+    elif damage == "remove_manifest":
+        (bad / "manifest.json").unlink()
+    else:
+        model.unlink()
+    assert checkpointer.latest_valid() == good
+    assert "skipping checkpoint" in capsys.readouterr().out
+
+
+def test_no_valid_checkpoint_fails_loudly(checkpointer: Checkpointer) -> None:
+    only = save(checkpointer, 10)
+    (only / "model.pt").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="no valid checkpoint"):
+        checkpointer.latest_valid()
+
+
+def test_a_leftover_partial_save_is_replaced(checkpointer: Checkpointer) -> None:
+    partial = checkpointer.root / ".tmp-step_10"
+    partial.mkdir(parents=True)
+    (partial / "junk").write_text("from a crashed save")
+    path = save(checkpointer, 10)
+    assert not (path / "junk").exists() and verify(path) is None
