@@ -13,7 +13,7 @@ from gptforge.models.layers import Block, KVCache, build_norm, rope_cache
 
 
 class GPT(nn.Module):
-    """Token embedding, `n_layer` blocks, final norm and a linear head over the vocabulary."""
+    """Token embedding (plus learned positions for gpt2), `n_layer` blocks, final norm, linear head."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -26,25 +26,40 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm_f = build_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.wte.weight
         if cfg.flavour == "llama":
+            # not persistent: derived from the config, so checkpoints carry no copy of them
             cos, sin = rope_cache(cfg.head_dim, cfg.block_size, cfg.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
 
+    @torch.no_grad()
     def reset_parameters(self) -> None:
-        """GPT-2 init: N(0, init_std), zero biases, residual projections scaled by 1/sqrt(2 * n_layer)."""
+        """GPT-2 init: N(0, init_std), zero biases, residual projections at init_std / sqrt(2 * n_layer).
+
+        Also ties the head and fills the RoPE tables: a model built on the meta device is whole after
+        `to_empty()` and this.
+        """
+        if self.cfg.tie_embeddings:
+            # tied here, not only in __init__: to_empty() gives each module its own copy of a shared weight
+            self.lm_head.weight = self.wte.weight
         residual_std = self.cfg.init_std / math.sqrt(2 * self.cfg.n_layer)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
+                # every module named `proj` writes into the residual stream, once per attention and MLP
                 std = residual_std if name.endswith(".proj") else self.cfg.init_std
                 nn.init.normal_(module.weight, mean=0.0, std=std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                module.reset_parameters()
+        if self.wpe is None:
+            cfg = self.cfg
+            cos, sin = rope_cache(cfg.head_dim, cfg.block_size, cfg.rope_theta, device=self.rope_cos.device)
+            self.rope_cos.copy_(cos)
+            self.rope_sin.copy_(sin)
 
     def forward(
         self,
@@ -52,36 +67,44 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         kv_cache: list[KVCache] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, vocab_size) and, given targets, the mean cross-entropy (targets of -100 ignored).
+        """Logits (B, T, vocab_size) and, given targets (B, T), the mean cross-entropy ignoring -100s.
 
-        With `kv_cache` (one KVCache per layer, from `new_kv_cache`) the tokens continue the cached ones.
+        With `kv_cache` (from `new_kv_cache`) the input continues the tokens already cached and is added
+        to the cache.
         """
         _, T = input_ids.size()
         start = kv_cache[0].length if kv_cache else 0
         if start + T > self.cfg.block_size:
-            raise ValueError(f"{start + T} tokens exceed model.block_size={self.cfg.block_size}")
+            raise ValueError(
+                f"{start} cached + {T} new tokens exceed model.block_size={self.cfg.block_size}; "
+                "crop the input to the last block_size tokens"
+            )
         x = self.wte(input_ids)  # (B, T, n_embd)
         rope = None
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(start, start + T, device=input_ids.device))
         else:
-            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])  # (T, head_dim)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, kv_cache[i] if kv_cache else None)
         logits = self.lm_head(self.norm_f(x))  # (B, T, vocab_size)
         loss = None
         if targets is not None:
-            # float32 loss: bf16 log-softmax over a large vocabulary loses precision
+            # float32 loss: a bf16 log-softmax over a large vocabulary loses precision
             flat_logits = logits.float().view(-1, logits.size(-1))
             loss = F.cross_entropy(flat_logits, targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
     def new_kv_cache(self) -> list[KVCache]:
+        """An empty KV cache, one `KVCache` per block, for incremental decoding with `forward`."""
         return [KVCache() for _ in self.blocks]
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameters, tied weights counted once; non-embedding leaves out the token and position tables."""
+        """Parameters, tied weights counted once; non-embedding leaves out the token and position tables.
+
+        An untied output head is not an embedding and stays in the non-embedding count.
+        """
         total = sum(p.numel() for p in self.parameters())
         if non_embedding:
             total -= self.wte.weight.numel()
@@ -90,14 +113,15 @@ class GPT(nn.Module):
         return total
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs per token in the PaLM convention: 6 * N + 12 * n_layer * n_head * head_dim * T.
+        """Training FLOPs per token for MFU, PaLM convention: 6 * N + 12 * n_layer * n_head * head_dim * T.
 
-        N counts non-embedding parameters plus the output head (a real matmul whether tied or not);
-        the second term is attention's scores and weighted sum at context T (default block_size).
+        N is the non-embedding parameter count plus the output head's vocab_size * n_embd (a real matmul,
+        tied or not); the second term is attention's scores and weighted sum at context T (default
+        block_size).
         """
         cfg = self.cfg
         n = self.num_params(non_embedding=True)
         if cfg.tie_embeddings:
-            n += cfg.vocab_size * cfg.n_embd
-        t = seq_len or cfg.block_size
-        return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * t
+            n += cfg.vocab_size * cfg.n_embd  # untied, the head is already in the non-embedding count
+        context = seq_len if seq_len is not None else cfg.block_size
+        return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * context

@@ -10,16 +10,20 @@ from gptforge.config import ModelConfig
 
 
 def build_norm(cfg: ModelConfig) -> nn.Module:
+    """RMSNorm for llama, LayerNorm (bias per `cfg.has_bias`) for gpt2."""
     if cfg.flavour == "llama":
         return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
     return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.has_bias)
 
 
-def rope_cache(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cache(
+    head_dim: int, max_len: int, theta: float, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables (max_len, head_dim), halves repeated as Hugging Face Llama lays them out."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (T, head_dim / 2)
-    angles = torch.cat([freqs, freqs], dim=-1)  # (T, head_dim)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    positions = torch.arange(max_len, device=device, dtype=torch.float32)
+    freqs = torch.outer(positions, inv_freq)  # (max_len, head_dim / 2)
+    angles = torch.cat([freqs, freqs], dim=-1)  # (max_len, head_dim)
     return angles.cos(), angles.sin()
 
 
@@ -42,20 +46,22 @@ class KVCache:
         return 0 if self.k is None else self.k.size(2)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add the new tokens' keys and values; returns those of every token so far."""
         self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
         self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
         return self.k, self.v
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head or grouped-query causal attention over one fused q/k/v projection."""
+    """Multi-head or grouped-query causal attention; q, k and v come from one fused projection."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        # rows [q; k; v]: a transpose gives HF GPT-2's c_attn, a split gives HF Llama's q/k/v_proj
         self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, bias=cfg.has_bias)
         self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.has_bias)
-        self.dropout = cfg.dropout
+        self.dropout_p = cfg.dropout
 
     def forward(
         self,
@@ -64,8 +70,8 @@ class CausalSelfAttention(nn.Module):
         cache: KVCache | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.size()
-        kv_dim = self.n_kv_head * self.head_dim
-        q, k, v = self.qkv(x).split([self.n_head * self.head_dim, kv_dim, kv_dim], dim=-1)
+        q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, head_dim)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, head_dim)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
@@ -74,24 +80,25 @@ class CausalSelfAttention(nn.Module):
         past = 0
         if cache is not None:
             past = cache.length
-            k, v = cache.append(k, v)
+            k, v = cache.append(k, v)  # (B, n_kv_head, past + T, head_dim)
         if self.n_kv_head != self.n_head:
-            # each key/value head serves n_head / n_kv_head query heads
-            repeats = self.n_head // self.n_kv_head
-            k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+            # key/value head j serves query heads j * group .. (j + 1) * group - 1, as HF's repeat_kv;
+            # repeated by hand because SDPA's enable_gqa needs torch >= 2.5
+            group = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         mask = None
         if past and T > 1:
-            # new tokens see every cached token and the new ones up to themselves
+            # new tokens see every cached token, and the new ones up to themselves
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
+            dropout_p=self.dropout_p if self.training else 0.0,
             is_causal=past == 0 and T > 1,
         )  # (B, n_head, T, head_dim)
-        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
+        y = y.transpose(1, 2).contiguous().view(B, T, q_dim)
         return self.proj(y)
 
 
@@ -109,11 +116,12 @@ class MLP(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """Llama's gated feed-forward: down(silu(gate(x)) * up(x))."""
+    """Llama's gated feed-forward: proj(silu(gate(x)) * up(x)); hidden defaults to 8/3 * n_embd."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        hidden = cfg.intermediate_size or -(-int(8 * cfg.n_embd / 3) // 64) * 64
+        # 8/3 * n_embd keeps the parameter count of a 4x GELU MLP; rounded up to 64 for the matmuls
+        hidden = cfg.intermediate_size or 64 * -(-8 * cfg.n_embd // (3 * 64))
         self.gate = nn.Linear(cfg.n_embd, hidden, bias=cfg.has_bias)
         self.up = nn.Linear(cfg.n_embd, hidden, bias=cfg.has_bias)
         self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.has_bias)

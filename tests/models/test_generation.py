@@ -11,11 +11,12 @@ from gptforge.models import GPT, generate
 
 def tiny(flavour: str, **kwargs) -> GPT:
     torch.manual_seed(0)
-    fields = dict(flavour=flavour, n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=50) | kwargs
-    return GPT(ModelConfig(**fields)).eval()
+    # a large init_std makes the logits depend on the whole context, not just the last token
+    fields = dict(flavour=flavour, n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=50)
+    return GPT(ModelConfig(**fields | {"init_std": 0.5} | kwargs)).eval()
 
 
-MODELS = [("gpt2", {}), ("llama", {"n_kv_head": 2})]
+MODELS = [("gpt2", {}), ("llama", {"n_kv_head": 2}), ("llama", {"n_kv_head": 1})]
 
 
 @pytest.mark.parametrize(("flavour", "extra"), MODELS)
@@ -28,13 +29,13 @@ def test_kv_cache_logits_equal_full_recomputation(flavour: str, extra: dict) -> 
     steps = [model(ids[:, t : t + 1], kv_cache=cache)[0] for t in range(5, 9)]
     chunk, _ = model(ids[:, 9:], kv_cache=cache)  # several new tokens on top of a cache
     incremental = torch.cat([prefill, *steps, chunk], dim=1)
-    assert torch.allclose(incremental, full, atol=1e-5)
+    assert torch.allclose(incremental, full, atol=1e-4)
 
 
-@pytest.mark.parametrize(("flavour", "extra"), MODELS)
+@pytest.mark.parametrize(("flavour", "extra"), MODELS[:2])
 def test_greedy_generation_equals_argmax_of_full_recomputation(flavour: str, extra: dict) -> None:
     model = tiny(flavour, **extra)
-    prompt = torch.randint(0, 50, (2, 4))
+    prompt = torch.randint(0, 50, (3, 4))
     out = generate(model, prompt, max_new_tokens=20, temperature=0)  # runs past block_size=16
     expected = prompt
     for _ in range(20):
@@ -44,7 +45,7 @@ def test_greedy_generation_equals_argmax_of_full_recomputation(flavour: str, ext
 
 
 def test_sampling_is_repeatable_under_a_seed() -> None:
-    model = tiny("gpt2")
+    model = tiny("gpt2", init_std=0.02)
     prompt = torch.zeros(3, 1, dtype=torch.long)
 
     def sample(seed: int) -> torch.Tensor:
@@ -56,18 +57,33 @@ def test_sampling_is_repeatable_under_a_seed() -> None:
     assert not torch.equal(sample(1), sample(2))
 
 
-def test_top_k_of_one_is_greedy() -> None:
+@pytest.mark.parametrize("truncation", [{"top_k": 1}, {"top_p": 1e-6}])
+def test_keeping_only_the_most_likely_token_is_greedy(truncation: dict) -> None:
     model = tiny("llama")
     prompt = torch.randint(0, 50, (2, 3))
-    sampled = generate(model, prompt, 8, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(0))
+    sampled = generate(
+        model, prompt, 8, temperature=1.0, generator=torch.Generator().manual_seed(0), **truncation
+    )
     assert torch.equal(sampled, generate(model, prompt, 8, temperature=0))
 
 
-def test_rows_stop_at_eos() -> None:
+def test_generation_stops_right_after_eos() -> None:
+    model = tiny("gpt2")
+    prompt = torch.randint(0, 50, (1, 3))
+    greedy = generate(model, prompt, 8, temperature=0)
+    eos = int(greedy[0, 5])
+    first_eos = int((greedy[0, 3:] == eos).nonzero()[0]) + 3
+    assert torch.equal(generate(model, prompt, 8, temperature=0, eos_id=eos), greedy[:, : first_eos + 1])
+
+
+def test_rows_that_emitted_eos_are_padded_with_it() -> None:
     model = tiny("gpt2")
     prompt = torch.randint(0, 50, (2, 3))
-    greedy = generate(model, prompt, 6, temperature=0)
-    eos = int(greedy[0, 4])  # row 0 emits this as its second new token
-    out = generate(model, prompt, 6, temperature=0, eos_id=eos)
-    first_eos = (out[0, 3:] == eos).nonzero()[0].item() + 3
-    assert (out[0, first_eos:] == eos).all()
+    greedy = generate(model, prompt, 8, temperature=0)
+    eos = int(greedy[0, 4])  # row 0's second new token
+    out = generate(model, prompt, 8, temperature=0, eos_id=eos)
+    for row in range(2):
+        hits = (greedy[row, 3:] == eos).nonzero()
+        stop = int(hits[0]) + 3 + 1 if len(hits) else greedy.size(1)  # just past the row's first eos
+        assert torch.equal(out[row, :stop], greedy[row, :stop])
+        assert (out[row, stop:] == eos).all()

@@ -67,11 +67,13 @@ def test_weight_tying_shares_the_embedding_with_the_head() -> None:
     assert untied.num_params(non_embedding=False) == tied.num_params(non_embedding=False) + 50 * 32
 
 
-def test_residual_projections_use_the_scaled_init() -> None:
-    model = GPT(ModelConfig(n_layer=8, n_head=4, n_embd=256, block_size=16, vocab_size=64))
-    assert model.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
-    assert model.blocks[0].attn.proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
-    assert model.blocks[0].mlp.proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+def test_residual_projections_use_the_scaled_init(flavour: str) -> None:
+    model = GPT(ModelConfig(flavour=flavour, n_layer=8, n_head=4, n_embd=256, block_size=16, vocab_size=64))
+    block = model.blocks[0]
+    assert block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert block.attn.proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert block.mlp.proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
 
 
 def test_parameter_count_matches_a_hand_count() -> None:
@@ -88,6 +90,7 @@ def test_flops_per_token_is_six_n_plus_the_attention_term() -> None:
     n = model.num_params() + 50 * 32  # the tied head is a matmul too
     assert model.flops_per_token() == 6 * n + 12 * 2 * 4 * 8 * 16
     assert model.flops_per_token(seq_len=8) == 6 * n + 12 * 2 * 4 * 8 * 8
+    assert tiny(tie_embeddings=False).flops_per_token() == model.flops_per_token()  # same matmuls
 
 
 def test_gpt2_124m_has_124m_parameters() -> None:
@@ -96,7 +99,22 @@ def test_gpt2_124m_has_124m_parameters() -> None:
     assert model.num_params(non_embedding=False) == 124_439_808  # the published GPT-2 small count
 
 
-def test_longer_than_block_size_is_refused() -> None:
+def test_a_model_built_on_meta_is_complete_after_to_empty_and_reset() -> None:
+    cfg = ModelConfig(flavour="llama", n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=50)
+    eager = GPT(cfg)
+    with torch.device("meta"):
+        deferred = GPT(cfg)
+    deferred.to_empty(device="cpu")
+    for model in (eager, deferred):
+        torch.manual_seed(1)
+        model.reset_parameters()
+    ids = torch.randint(0, 50, (2, 16))
+    assert torch.equal(eager(ids)[0], deferred(ids)[0])
+
+
+def test_missing_vocab_size_and_overlong_input_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"model\.vocab_size"):
+        GPT(ModelConfig(n_layer=1, n_head=1, n_embd=8, block_size=8))
     with pytest.raises(ValueError, match=r"model\.block_size=16"):
         tiny()(torch.zeros(1, 17, dtype=torch.long))
 
