@@ -51,6 +51,15 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _attempt(action: Callable[[], object]) -> Exception | None:
+    # any failure, not only OSError: torch.save reports a full disk as a RuntimeError from its zip writer
+    try:
+        action()
+    except Exception as err:
+        return err
+    return None
+
+
 def verify(directory: Path) -> str | None:
     """None if `directory` is a complete checkpoint whose files match its manifest, else what is wrong."""
     manifest_path = directory / MANIFEST
@@ -74,11 +83,19 @@ def verify(directory: Path) -> str | None:
 class Checkpointer:
     """Saves, finds, verifies and prunes the checkpoints of one run directory."""
 
-    def __init__(self, root: Path, keep_last: int, is_main: bool, barrier: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        keep_last: int,
+        is_main: bool,
+        barrier: Callable[[], None],
+        any_rank: Callable[[bool], bool] = lambda flag: flag,
+    ) -> None:
         self.root = Path(root)
         self.keep_last = keep_last
         self.is_main = is_main
         self.barrier = barrier
+        self.any_rank = any_rank  # collective: True on every rank if True on any (doubles as a barrier)
 
     def step_dirs(self) -> list[Path]:
         """Committed-looking checkpoint directories, newest first."""
@@ -113,7 +130,12 @@ class Checkpointer:
         write_shards: Callable[[Path], None],
         write_main: Callable[[Path], None],
     ) -> Path:
-        """Write checkpoint `step`: every rank runs `write_shards(tmp)`, rank 0 also `write_main(tmp)`."""
+        """Write checkpoint `step`: every rank runs `write_shards(tmp)`, rank 0 also `write_main(tmp)`.
+
+        A write error on any rank (disk full, I/O error) raises CheckpointError on every rank, so none
+        waits forever at a barrier; the partial directory is removed and earlier checkpoints stay as
+        they were.
+        """
         final = self.root / f"step_{step}"
         tmp = self.root / f".tmp-step_{step}"
         if self.is_main:
@@ -121,15 +143,26 @@ class Checkpointer:
                 shutil.rmtree(tmp)  # a partial save from a crashed run: never committed, safe to drop
             tmp.mkdir(parents=True)
         self.barrier()
-        write_shards(tmp)
+        failure = _attempt(lambda: (write_shards(tmp), self.is_main and write_main(tmp)))
+        self._raise_if_any(failure, tmp, f"writing checkpoint {final.name}")
         if self.is_main:
-            write_main(tmp)
-        self.barrier()
-        if self.is_main:
-            self._commit(tmp, final)
-            self._prune()
-        self.barrier()
+            failure = _attempt(lambda: (self._commit(tmp, final), self._prune()))
+        self._raise_if_any(failure, tmp, f"committing checkpoint {final.name}")
         return final
+
+    def _raise_if_any(self, failure: Exception | None, tmp: Path, doing: str) -> None:
+        if not self.any_rank(failure is not None):
+            return
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if failure is None:
+            reason = "it failed on another rank"
+        else:
+            reason = getattr(failure, "strerror", None) or str(failure).splitlines()[0]
+            reason += f" ({shutil.disk_usage(self.root).free / 1e6:.1f} MB free there)"
+        raise CheckpointError(
+            f"{doing} in {self.root} failed: {reason}; earlier checkpoints are untouched"
+        ) from failure
 
     def _commit(self, tmp: Path, final: Path) -> None:
         files = {}

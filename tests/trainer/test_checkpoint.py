@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from gptforge.errors import CheckpointError
 from gptforge.trainer.checkpoint import LATEST, Checkpointer, verify
@@ -73,3 +75,40 @@ def test_a_leftover_partial_save_is_replaced(checkpointer: Checkpointer) -> None
     (partial / "junk").write_text("from a crashed save")
     path = save(checkpointer, 10)
     assert not (path / "junk").exists() and verify(path) is None
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 256 KiB filesystem (tmpfs), so a save really runs out of space."""
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    yield mount_point
+    subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+def test_disk_full_during_save_fails_clearly_and_keeps_the_previous_checkpoint(small_disk: Path) -> None:
+    checkpointer = Checkpointer(small_disk / "checkpoints", keep_last=2, is_main=True, barrier=lambda: None)
+    good = save(checkpointer, 10)
+
+    def write_too_much(directory: Path) -> None:
+        torch.save(torch.zeros(128 * 1024), directory / "model.pt")  # 512 KiB into 256 KiB
+
+    with pytest.raises(CheckpointError, match=r"writing checkpoint step_20 in .* failed: .* MB free there"):
+        checkpointer.save(20, write_too_much, lambda directory: None)
+    assert checkpointer.latest_valid() == good and verify(good) is None
+    assert (checkpointer.root / LATEST).read_text().strip() == "step_10"
+    assert not list(checkpointer.root.glob(".tmp-*"))  # the partial save is cleaned up
+
+
+def test_a_failure_on_another_rank_fails_this_rank_too(checkpointer: Checkpointer) -> None:
+    other_rank_failed = Checkpointer(
+        checkpointer.root, keep_last=2, is_main=True, barrier=lambda: None, any_rank=lambda flag: True
+    )
+    with pytest.raises(CheckpointError, match="failed on another rank"):
+        save(other_rank_failed, 10)
+    assert checkpointer.step_dirs() == []
