@@ -224,3 +224,44 @@ def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# keys that may differ between the run that saved a checkpoint and the one resuming it
+_RESUME_FREE_KEYS = ("out_dir", "name", "debug", "dry_run", "trainer.resume", "trainer.overwrite")
+# keys whose change makes the saved weights meaningless for this run
+_RESUME_FIXED_PREFIXES = ("model.", "tokenizer.")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(saved: dict, current: dict) -> list[str]:
+    """`key: old -> new` for every config value that differs, except keys meant to change on resume."""
+    old, new = _flatten(saved), _flatten(current)
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key) and key not in _RESUME_FREE_KEYS
+    ]
+
+
+def check_resumable(directory: Path, current: dict) -> list[str]:
+    """Config changes since `directory` was saved; CheckpointError if the model or tokenizer changed."""
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.to_container(OmegaConf.load(directory / "config.yaml"))
+    changes = config_changes(saved, current)
+    fixed = [change for change in changes if change.startswith(_RESUME_FIXED_PREFIXES)]
+    if fixed:
+        raise CheckpointError(
+            f"checkpoint {directory} is from another model or tokenizer ({'; '.join(fixed)}); "
+            "resume with the saved model config, use trainer.init_from for new shapes, or a new out_dir"
+        )
+    return changes

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gptforge.errors import CheckpointError
-from gptforge.trainer.checkpoint import LATEST, Checkpointer, verify
+from gptforge.trainer.checkpoint import LATEST, Checkpointer, check_resumable, verify
 
 
 def save(checkpointer: Checkpointer, step: int, payload: bytes = b"weights") -> Path:
@@ -112,3 +112,29 @@ def test_a_failure_on_another_rank_fails_this_rank_too(checkpointer: Checkpointe
     with pytest.raises(CheckpointError, match="failed on another rank"):
         save(other_rank_failed, 10)
     assert checkpointer.step_dirs() == []
+
+
+def _saved_config(directory: Path, **changes) -> dict:
+    from omegaconf import OmegaConf
+
+    from gptforge.config import Config, ModelConfig, OptimConfig
+
+    config = Config(model=ModelConfig(vocab_size=66), optim=OptimConfig(lr=1e-3))
+    directory.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.structured(config), directory / "config.yaml")
+    current = OmegaConf.to_container(OmegaConf.structured(config))
+    for dotted, value in changes.items():
+        group, key = dotted.split("__")
+        current[group][key] = value
+    return current
+
+
+def test_resume_reports_changed_hyperparameters(tmp_path: Path) -> None:
+    current = _saved_config(tmp_path, optim__lr=3e-4, trainer__resume="never")
+    assert check_resumable(tmp_path, current) == ["optim.lr: 0.001 -> 0.0003"]
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path: Path) -> None:
+    current = _saved_config(tmp_path, model__n_layer=8)
+    with pytest.raises(CheckpointError, match=r"another model or tokenizer \(model\.n_layer: 4 -> 8\)"):
+        check_resumable(tmp_path, current)
