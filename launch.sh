@@ -6,6 +6,7 @@
 #   NPROC=8 ./launch.sh strategy=ddp                     # 8 processes on this machine (torchrun)
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=node0 NPROC=8 ./launch.sh ...   # run on every node
 #   LAUNCHER=deepspeed NPROC=8 ./launch.sh strategy=deepspeed_zero2
+#   sbatch scripts/slurm_train.sbatch strategy=fsdp     # SLURM: one launch.sh per node (see the file)
 #   DRY_RUN=1 ./launch.sh ...                            # print the command, compose and validate, do not train
 #
 # Environment: LAUNCHER (python|torchrun|deepspeed; default python for one process, torchrun otherwise),

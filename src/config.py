@@ -166,7 +166,8 @@ class SchedulerConfig:
             )
 
 
-STRATEGY_NAMES = ("single",)
+STRATEGY_NAMES = ("single", "ddp", "fsdp", "deepspeed")
+ZERO_STAGES = (1, 2, 3)
 
 
 @dataclass
@@ -176,12 +177,30 @@ class StrategyConfig:
     name: str = "single"
     backend: str = "auto"  # process group backend: auto (nccl on CUDA, gloo on CPU), nccl, gloo
     timeout_s: int = 600  # a collective that takes longer than this fails instead of hanging
+    zero_stage: int | None = None  # deepspeed only: ZeRO stage 1, 2 or 3
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (not deepspeed)
+    reshard_after_forward: bool = True  # fsdp: free gathered weights after forward (False: keep, ZeRO-2-like)
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific keys passed through unchanged
 
     def __post_init__(self) -> None:
         _choice("strategy.name", self.name, STRATEGY_NAMES)
         _choice("strategy.backend", self.backend, ("auto", "nccl", "gloo"))
         _positive("strategy.timeout_s", self.timeout_s)
+        if self.name == "deepspeed" and self.zero_stage not in ZERO_STAGES:
+            raise ConfigError(
+                f"strategy.zero_stage={self.zero_stage} is not valid; choose 1, 2 or 3 "
+                "(strategy=deepspeed_zero1|deepspeed_zero2|deepspeed_zero3)"
+            )
+        if self.name != "deepspeed" and self.zero_stage is not None:
+            raise ConfigError(
+                f"strategy.zero_stage={self.zero_stage} only applies to strategy=deepspeed_zero1|2|3, "
+                f"not strategy.name={self.name}"
+            )
+        if self.name == "deepspeed" and self.activation_checkpointing:
+            raise ConfigError(
+                "strategy.activation_checkpointing=true is not supported with deepspeed; "
+                "use strategy=fsdp or ddp for it"
+            )
 
 
 @dataclass
@@ -227,6 +246,7 @@ class TrainerConfig:
     sample_tokens: int = 0  # after training, print this many tokens sampled from the model
     threads: int | None = None  # CPU threads for torch; None: torch's default
     peak_flops_per_sec: float | None = None  # per-device peak for MFU; None: the table for known GPUs
+    init_from: str | None = None  # start from these weights (consolidated .safetensors or a checkpoint dir)
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "micro_batch_size", "log_every", "eval_batches", "keep_last"):

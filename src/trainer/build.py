@@ -24,6 +24,7 @@ from gptforge.errors import ConfigError
 from gptforge.models import GPT
 from gptforge.trainer.loop import Trainer
 from gptforge.trainer.strategies import Strategy, build_strategy
+from gptforge.trainer.strategies.consolidated import load_initial_weights
 
 
 def seed_everything(seed: int) -> None:
@@ -123,6 +124,8 @@ def build_trainer(cfg: Config, run_dir: Path, strategy: Strategy | None = None) 
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = GPT(cfg.model)
+    if tcfg.init_from:  # before the strategy shards it; a checkpoint in run_dir (resume) still wins
+        load_initial_weights(model, tcfg.init_from)
     flops_per_token = model.flops_per_token()
     strategy.setup(model, cfg.optim, compile=tcfg.compile)
     seed_everything(cfg.seed + strategy.rank)  # dropout differs across ranks, as it should

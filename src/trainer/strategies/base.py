@@ -10,21 +10,46 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gptforge.config import OptimConfig, StrategyConfig
-from gptforge.errors import ConfigError
+from gptforge.config import OptimConfig, StrategyConfig, TrainerConfig
+from gptforge.errors import ConfigError, LaunchError
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+def local_world_size() -> int:
+    """Processes on this node: torchrun sets LOCAL_WORLD_SIZE, the DeepSpeed launcher LOCAL_SIZE."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
+
+
+def resolve_device(name: str, local_rank: int = 0, procs_per_node: int = 1) -> torch.device:
     """`auto` is CUDA when present, else CPU; a CUDA run uses the device of this process's local rank."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                "trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu"
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if visible == 0:
+            if procs_per_node == 1:
+                raise ConfigError(
+                    "trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu"
+                )
+            raise LaunchError(
+                f"NPROC={procs_per_node} processes per node with trainer.device=cuda, but no CUDA device "
+                "is visible; use trainer.device=auto or cpu (gloo) on this machine"
+            )
+        if procs_per_node > visible:
+            raise LaunchError(
+                f"NPROC={procs_per_node} processes per node but {visible} CUDA device(s) visible; "
+                f"set NPROC<={visible} (one process per GPU) or trainer.device=cpu"
             )
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    """Wrap every transformer block so its activations are recomputed in backward instead of stored."""
+    # torchtitan's choice; the wrapper strips its own prefix from state-dict keys, so checkpoints match
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for i, block in enumerate(model.blocks):
+        model.blocks[i] = checkpoint_wrapper(block)
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -41,15 +66,27 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
 class Strategy(ABC):
     """Sets up model and optimizer for one backend, runs forward/backward/step, saves and loads state."""
 
+    shards_parameters = False  # True: no rank holds the whole model, so rank 0 cannot use it alone
+
     def __init__(self, cfg: StrategyConfig, device: str = "auto", precision: str = "auto") -> None:
         self.cfg = cfg
         self.rank = int(os.environ.get("RANK", 0))
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
-        self.device = resolve_device(device, self.local_rank)
+        self.device = resolve_device(device, self.local_rank, local_world_size())
         self.autocast_dtype = resolve_precision(precision, self.device)
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+
+    @classmethod
+    def from_config(cls, cfg: StrategyConfig, trainer_cfg: TrainerConfig) -> Strategy:
+        """The strategy for these configs; backends that need more of the trainer config override this."""
+        return cls(cfg, device=trainer_cfg.device, precision=trainer_cfg.precision)
+
+    @classmethod
+    @abstractmethod
+    def consolidate(cls, directory: Path) -> dict[str, torch.Tensor]:
+        """The whole model's weights from a checkpoint directory this backend saved, read in one process."""
 
     @property
     def is_main(self) -> bool:

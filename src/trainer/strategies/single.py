@@ -9,7 +9,7 @@ from torch import nn
 
 from gptforge.config import OptimConfig
 from gptforge.trainer.optim import build_optimizer, set_lr
-from gptforge.trainer.strategies.base import Strategy
+from gptforge.trainer.strategies.base import Strategy, apply_activation_checkpointing
 
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -20,6 +20,8 @@ class SingleDeviceStrategy(Strategy):
 
     def setup(self, model: nn.Module, optim_cfg: OptimConfig, compile: bool = False) -> None:
         self.model = model.to(self.device)
+        if self.cfg.activation_checkpointing:
+            apply_activation_checkpointing(self.model)
         # checkpoints hold the uncompiled module's keys, so compiled and eager runs share checkpoints
         self.train_model = torch.compile(self.model) if compile else self.model
         self.optimizer = build_optimizer(self.model, optim_cfg, self.device)
@@ -51,3 +53,7 @@ class SingleDeviceStrategy(Strategy):
 
     def full_model_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    @classmethod
+    def consolidate(cls, directory: Path) -> dict[str, torch.Tensor]:
+        return torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)

@@ -1,0 +1,94 @@
+"""One plain safetensors state dict from any checkpoint, and a model started from it (`trainer.init_from`).
+
+The file holds model weights only, in fp32 where the checkpoint has them (DeepSpeed's master weights);
+optimizer state, step, schedule and data position are left behind: a run started from it is a new run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from gptforge.errors import CheckpointError
+
+LATEST = "latest"
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A step directory from itself, a `checkpoints/` folder or a run directory (their newest checkpoint)."""
+    for root in (path, path / "checkpoints"):
+        if (root / "config.yaml").is_file() and (root / "trainer_state.json").is_file():
+            return root
+        if (root / LATEST).is_file():
+            return root / (root / LATEST).read_text().strip()
+    raise CheckpointError(f"{path} is not a checkpoint, a checkpoints/ folder or a run directory with one")
+
+
+def consolidate_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The whole model's weights from a checkpoint of any strategy and world size, and metadata about it."""
+    from gptforge.trainer.strategies import STRATEGIES
+
+    directory = resolve_checkpoint(Path(path))
+    cfg = OmegaConf.load(directory / "config.yaml")
+    state = STRATEGIES[cfg.strategy.name].consolidate(directory)
+    metadata = {
+        "format": "pt",
+        "source": str(directory),
+        "strategy": cfg.strategy.name,
+        "model_config": json.dumps(OmegaConf.to_container(cfg.model)),
+    }
+    return _without_aliases(state), metadata
+
+
+def _without_aliases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # a tied weight (lm_head.weight is wte.weight) is stored once, under its first name: safetensors
+    # refuses shared tensors, and load_initial_weights restores the tie from the model itself
+    seen: set[int] = set()
+    unique = {}
+    for key, tensor in state.items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        unique[key] = tensor.detach().cpu().contiguous()
+    return unique
+
+
+def save_consolidated(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=metadata)
+
+
+def load_initial_weights(model: nn.Module, path: str | Path) -> None:
+    """Copy weights into `model` from a consolidated .safetensors file or any checkpoint directory."""
+    path = Path(path)
+    if path.is_file():
+        state = load_file(str(path))
+    elif path.is_dir():
+        state, _ = consolidate_checkpoint(path)
+    else:
+        raise CheckpointError(f"trainer.init_from={path} does not exist")
+    missing, unexpected = _load(model, state, path)
+    names_of = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(param), []).append(name)
+    tied_ok = {name for names in names_of.values() if any(n in state for n in names) for name in names}
+    missing = [k for k in missing if k not in tied_ok]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"trainer.init_from={path} does not fit the model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}; build the same model.* as the run that saved it"
+        )
+
+
+def _load(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> tuple[list[str], list[str]]:
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        detail = " ".join(str(err).split("\n\t")[1:2]) or str(err).splitlines()[0]
+        raise CheckpointError(f"trainer.init_from={path} does not fit the model: {detail}") from err
+    return list(result.missing_keys), list(result.unexpected_keys)

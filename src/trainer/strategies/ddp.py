@@ -1,0 +1,67 @@
+"""DistributedDataParallel: the whole model on every rank, gradients all-reduced once per optimizer step."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from gptforge.config import OptimConfig
+from gptforge.trainer.optim import build_optimizer, set_lr
+from gptforge.trainer.strategies.base import apply_activation_checkpointing
+from gptforge.trainer.strategies.distributed import DistributedStrategy
+from gptforge.trainer.strategies.single import MODEL_FILE, OPTIMIZER_FILE, SingleDeviceStrategy
+
+
+class DDPStrategy(DistributedStrategy):
+    """Data parallel with replicated weights; checkpoints are rank 0's, in the `single` strategy's format."""
+
+    def setup(self, model: nn.Module, optim_cfg: OptimConfig, compile: bool = False) -> None:
+        self.model = model.to(self.device)
+        if self.cfg.activation_checkpointing:
+            apply_activation_checkpointing(self.model)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids, **self.cfg.extra)
+        self.train_model = torch.compile(self.ddp_model) if compile else self.ddp_model
+        self.optimizer = build_optimizer(self.model, optim_cfg, self.device)
+
+    def forward_backward(
+        self, input_ids: torch.Tensor, targets: torch.Tensor, loss_scale: float, sync_grads: bool
+    ) -> torch.Tensor:
+        # gradients accumulate locally until the last micro-batch, whose backward all-reduces them once
+        sync = contextlib.nullcontext() if sync_grads else self.ddp_model.no_sync()
+        with sync:
+            with self.autocast():
+                _, loss = self.train_model(input_ids, targets)
+            (loss * loss_scale).backward()
+        return loss.detach()
+
+    def clip_and_step(self, max_norm: float, lr: float) -> torch.Tensor:
+        # gradients are identical on every rank after the all-reduce, so the local norm is the global one
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm or float("inf"))
+        set_lr(self.optimizer, lr)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm.detach()
+
+    def save(self, directory: Path) -> None:
+        if self.is_main:
+            torch.save(self.model.state_dict(), directory / MODEL_FILE)
+            torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
+
+    def load(self, directory: Path) -> None:
+        state = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state)
+        self.optimizer.load_state_dict(
+            torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        )
+
+    def full_model_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    @classmethod
+    def consolidate(cls, directory: Path) -> dict[str, torch.Tensor]:
+        return SingleDeviceStrategy.consolidate(directory)

@@ -1,0 +1,199 @@
+"""DeepSpeed ZeRO 1/2/3, with its config generated from ours; `deepspeed` is imported only when used."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gptforge.config import OptimConfig, StrategyConfig, TrainerConfig
+from gptforge.errors import CheckpointError, ConfigError
+from gptforge.trainer.optim import build_optimizer, param_groups, set_lr
+from gptforge.trainer.strategies.distributed import DistributedStrategy
+
+CHECKPOINT_TAG = "deepspeed"  # DeepSpeed's own files live in <checkpoint>/deepspeed/
+
+
+def merge(base: dict, override: dict) -> dict:
+    """`base` with `override` merged in, nested dicts key by key."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def deepspeed_config(
+    zero_stage: int,
+    micro_batch_size: int,
+    grad_accum_steps: int,
+    grad_clip: float,
+    precision: str,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """The DeepSpeed config for our settings, with `strategy.extra` merged over it as raw DeepSpeed keys."""
+    if "scheduler" in extra:
+        raise ConfigError(
+            "strategy.extra.scheduler is not supported: the learning rate follows scheduler.* "
+            "(set every step); remove the DeepSpeed scheduler section"
+        )
+    generated = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum_steps,
+        "gradient_clipping": grad_clip,
+        "zero_optimization": {"stage": zero_stage},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
+        "steps_per_print": 2**31 - 1,  # our loggers report progress
+        "wall_clock_breakdown": False,
+    }
+    return merge(generated, extra)
+
+
+@contextlib.contextmanager
+def _quiet_deepspeed() -> Iterator[None]:
+    """Import and start DeepSpeed without its start-up chatter; warnings and errors still show."""
+    # at import DeepSpeed probes compilers for every optional op (logged at INFO) and prints the ops it
+    # builds; later it logs its whole config and calls collectives torch has renamed. None of it is
+    # anything a user can act on.
+    renamed = r"`torch\.distributed\.\w+` is deprecated"
+    warnings.filterwarnings("ignore", message=renamed, category=FutureWarning)
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    logging.disable(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+class DeepSpeedStrategy(DistributedStrategy):
+    """A DeepSpeed engine around our model and our AdamW; ZeRO stage from `strategy.zero_stage`."""
+
+    def __init__(
+        self,
+        cfg: StrategyConfig,
+        device: str = "auto",
+        precision: str = "auto",
+        micro_batch_size: int = 1,
+        global_batch_size: int | None = None,
+        grad_clip: float = 0.0,
+    ) -> None:
+        self.micro_batch_size = micro_batch_size
+        self.global_batch_size = global_batch_size
+        self.grad_clip = grad_clip
+        super().__init__(cfg, device=device, precision=precision)
+        self.shards_parameters = cfg.zero_stage == 3
+
+    @classmethod
+    def from_config(cls, cfg: StrategyConfig, trainer_cfg: TrainerConfig) -> DeepSpeedStrategy:
+        return cls(
+            cfg,
+            device=trainer_cfg.device,
+            precision=trainer_cfg.precision,
+            micro_batch_size=trainer_cfg.micro_batch_size,
+            global_batch_size=trainer_cfg.global_batch_size,
+            grad_clip=trainer_cfg.grad_clip,
+        )
+
+    def init_process_group(self, timeout: timedelta) -> None:
+        # DeepSpeed picks its accelerator at import; name it so a CPU run on a GPU machine stays on the CPU
+        os.environ.setdefault("DS_ACCELERATOR", self.device.type)
+        with _quiet_deepspeed():
+            import deepspeed
+
+            deepspeed.init_distributed(dist_backend=self.backend, timeout=timeout)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # the engine keeps the weights in bf16/fp16 itself
+
+    def setup(self, model: nn.Module, optim_cfg: OptimConfig, compile: bool = False) -> None:
+        import deepspeed
+
+        from gptforge.trainer.build import grad_accum_steps
+
+        accum = grad_accum_steps(self.micro_batch_size, self.global_batch_size, self.world_size)
+        config = deepspeed_config(
+            self.cfg.zero_stage,
+            self.micro_batch_size,
+            accum,
+            self.grad_clip,
+            self.precision_name,
+            self.cfg.extra,
+        )
+        model.to(self.device)
+        if "optimizer" in config:
+            # DeepSpeed builds the optimizer named in strategy.extra over our param groups
+            optimizer = None
+            parameters = param_groups(model, optim_cfg.weight_decay)
+        else:
+            optimizer, parameters = build_optimizer(model, optim_cfg, self.device), None
+        with _quiet_deepspeed():
+            engine, self.optimizer, _, _ = deepspeed.initialize(
+                model=model, optimizer=optimizer, model_parameters=parameters, config=config
+            )
+        if compile:
+            engine.compile()
+        self.engine = engine
+        self.model = engine
+
+    @property
+    def unwrapped_model(self) -> nn.Module:
+        return self.engine.module
+
+    def forward_backward(
+        self, input_ids: torch.Tensor, targets: torch.Tensor, loss_scale: float, sync_grads: bool
+    ) -> torch.Tensor:
+        # the engine reduces gradients only at the boundary we name; the loop already scales the loss
+        self.engine.set_gradient_accumulation_boundary(sync_grads)
+        _, loss = self.engine(input_ids, targets)
+        self.engine.backward(loss * loss_scale, scale_wrt_gas=False)
+        return loss.detach()
+
+    def clip_and_step(self, max_norm: float, lr: float) -> torch.Tensor:
+        # the engine clips to trainer.grad_clip (carried by its config, equal to max_norm) before stepping
+        set_lr(self.optimizer, lr)
+        self.engine.step()
+        grad_norm = self.engine.get_global_grad_norm()
+        return torch.as_tensor(float(grad_norm if grad_norm is not None else float("nan")))
+
+    def save(self, directory: Path) -> None:
+        self.engine.save_checkpoint(str(directory), tag=CHECKPOINT_TAG, save_latest=False)
+
+    def load(self, directory: Path) -> None:
+        path, _ = self.engine.load_checkpoint(
+            str(directory), tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+        if path is None:
+            raise CheckpointError(f"{directory} has no DeepSpeed checkpoint ({CHECKPOINT_TAG}/)")
+
+    def full_model_state_dict(self) -> dict[str, torch.Tensor]:
+        import deepspeed
+
+        module = self.engine.module
+        params = list(module.parameters()) if self.cfg.zero_stage == 3 else []
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=bool(params)):
+            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+    @classmethod
+    def consolidate(cls, directory: Path) -> dict[str, torch.Tensor]:
+        if not (directory / CHECKPOINT_TAG).is_dir():
+            raise CheckpointError(f"{directory} has no {CHECKPOINT_TAG}/; strategy=deepspeed did not save it")
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        with _quiet_deepspeed():
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            # the fp32 master weights, reassembled from every rank's optimizer partition
+            return get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=CHECKPOINT_TAG)
