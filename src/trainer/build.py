@@ -137,8 +137,11 @@ def train(cfg: Config, run_dir: Path | None = None) -> dict:
     trainer = build_trainer(cfg, Path(run_dir or cfg.out_dir))
     try:
         metrics = trainer.fit()
-        if cfg.trainer.sample_tokens and trainer.strategy.is_main:
-            print("\n--- sample ---\n" + trainer.sample(cfg.trainer.sample_tokens) + "\n--------------")
+        if cfg.trainer.sample_tokens:
+            # every rank samples in step: with sharded weights (FSDP, ZeRO-3) each forward gathers them
+            text = trainer.sample(cfg.trainer.sample_tokens)
+            if trainer.strategy.is_main:
+                print("\n--- sample ---\n" + text + "\n--------------")
         return metrics
     finally:
         trainer.strategy.teardown()

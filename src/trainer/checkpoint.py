@@ -228,8 +228,12 @@ def restore_rng(state: dict) -> None:
 
 # keys that may differ between the run that saved a checkpoint and the one resuming it
 _RESUME_FREE_KEYS = ("out_dir", "name", "debug", "dry_run", "trainer.resume", "trainer.overwrite")
-# keys whose change makes the saved weights meaningless for this run
-_RESUME_FIXED_PREFIXES = ("model.", "tokenizer.")
+# keys whose change makes the saved weights unusable: other shapes or another vocabulary
+_SHAPE_KEYS = ("flavour", "vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd")
+_RESUME_FIXED_PREFIXES = (
+    "tokenizer.",
+    *(f"model.{key}:" for key in (*_SHAPE_KEYS, "intermediate_size", "bias", "tie_embeddings")),
+)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:

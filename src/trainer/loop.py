@@ -43,7 +43,11 @@ class Trainer:
         self.grad_accum_steps = grad_accum_steps
         self.schedule = LRSchedule(cfg.scheduler, cfg.optim.lr, self.tcfg.max_steps)
         self.checkpointer = ckpt.Checkpointer(
-            run_dir / "checkpoints", self.tcfg.keep_last, strategy.is_main, strategy.barrier
+            run_dir / "checkpoints",
+            self.tcfg.keep_last,
+            strategy.is_main,
+            strategy.barrier,
+            strategy.broadcast_flag,
         )
         self.tokens_per_step = train_loader.global_batch_size * cfg.model.block_size
         peak = peak_flops_per_sec(strategy.device, self.tcfg.peak_flops_per_sec)
@@ -147,6 +151,9 @@ class Trainer:
         directory = self.checkpointer.latest_valid()
         if directory is None:
             return
+        changes = ckpt.check_resumable(directory, OmegaConf.to_container(OmegaConf.structured(self.cfg)))
+        if changes and self.strategy.is_main:
+            print(f"gptforge: config changed since {directory.name}: {'; '.join(changes)}", flush=True)
         self.strategy.load(directory)
         state = ckpt.read_trainer_state(directory)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
@@ -157,7 +164,7 @@ class Trainer:
             print(f"gptforge: resumed from {directory} at step {self.step}", flush=True)
 
     def sample(self, max_new_tokens: int, prompt: str = "\n", temperature: float = 0.8) -> str:
-        """Text sampled from the model (rank 0), for a first look at what the run learned."""
+        """Text sampled from the model (call on every rank), for a first look at what the run learned."""
         model = self.strategy.unwrapped_model
         model.eval()
         prompt_ids = torch.tensor([self.tokenizer.encode(prompt)], device=self.strategy.device)

@@ -138,3 +138,8 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path: Path) -> None:
     current = _saved_config(tmp_path, model__n_layer=8)
     with pytest.raises(CheckpointError, match=r"another model or tokenizer \(model\.n_layer: 4 -> 8\)"):
         check_resumable(tmp_path, current)
+
+
+def test_resume_allows_changes_that_keep_the_weights_usable(tmp_path: Path) -> None:
+    current = _saved_config(tmp_path, model__dropout=0.1)
+    assert check_resumable(tmp_path, current) == ["model.dropout: 0.0 -> 0.1"]
