@@ -9,10 +9,9 @@ state is not carried over: start a new run from the file with `trainer.init_from
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from gptforge.errors import GptforgeError
+from gptforge.cli import run_cli
 from gptforge.trainer.strategies.consolidated import consolidate_checkpoint, save_consolidated
 
 
@@ -30,8 +29,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except GptforgeError as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

@@ -60,8 +60,8 @@ def _is_user_error(err: BaseException) -> bool:
 
 
 def _exit_with(err: BaseException) -> None:
-    print(f"error: {one_line(err)} (run with debug=true for a traceback)", file=sys.stderr)
-    sys.exit(2)
+    print(f"error: {one_line(err)} (GPTFORGE_DEBUG=1 shows the traceback)", file=sys.stderr)
+    sys.exit(getattr(err, "exit_code", 2))
 
 
 def one_line_errors(task: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -30,6 +30,26 @@ MODEL_FLAVOURS = ("gpt2", "llama")
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters on the named linear layers; rank 0 trains the whole model as usual."""
+
+    rank: int = 0  # adapter rank r; 0 turns LoRA off
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0  # dropout on the adapter's input
+    # linear layers to adapt, by name or dotted suffix: attn.qkv, attn.proj, mlp.fc, mlp.gate, mlp.up,
+    # mlp.proj, lm_head ("proj" alone matches attn.proj and mlp.proj)
+    target_modules: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.proj"])
+
+    def __post_init__(self) -> None:
+        _positive("model.lora.rank", self.rank, allow_zero=True)
+        _positive("model.lora.alpha", self.alpha)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.lora.dropout={self.dropout} is not valid; it must be in [0, 1)")
+        if self.rank and not self.target_modules:
+            raise ConfigError("model.lora.target_modules is empty; name the linear layers to adapt")
+
+
+@dataclass
 class ModelConfig:
     """A GPT decoder: flavour `gpt2` (learned positions, LayerNorm, GELU) or `llama` (RoPE, RMSNorm)."""
 
@@ -52,6 +72,7 @@ class ModelConfig:
     rope_theta: float = 10000.0  # RoPE base (llama)
     norm_eps: float = 1e-5
     init_std: float = 0.02  # residual projections use init_std / sqrt(2 * n_layer) (GPT-2 scaled init)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # adapters for fine-tuning; see models/lora.py
 
     def __post_init__(self) -> None:
         _choice("model.flavour", self.flavour, MODEL_FLAVOURS)
@@ -94,33 +115,68 @@ class TokenizerConfig:
     """How text becomes token ids; see gptforge.data.tokenizers."""
 
     name: str = "char"
-    path: str | None = None  # tokenizer file to load (bpe: tokenizer.json; gpt2: local .tiktoken file)
-    vocab_size: int = 8192  # bpe training: target vocabulary size
-    eos_token: str = "<|endoftext|>"
+    path: str | None = None  # bpe: tokenizer.json to load; gpt2: local GPT-2 .tiktoken file (offline use)
+    vocab_size: int = 8192  # bpe training (scripts/train_tokenizer.py): target vocabulary size in tokens
+    eos_token: str = "<|endoftext|>"  # separates documents in packed blocks
 
     def __post_init__(self) -> None:
         _choice("tokenizer.name", self.name, TOKENIZER_NAMES)
         _positive("tokenizer.vocab_size", self.vocab_size)
 
 
-DATA_SOURCES = ("text_file",)
+DATA_SOURCES = ("text_file", "local", "hf_hub", "memmap", "mixture")
+TEXT_FORMATS = ("auto", "text", "json", "parquet")
+TEXT_UNITS = ("document", "paragraph", "line")
+ENCODING_ERRORS = ("strict", "replace")
+WINDOW_SAMPLING = ("random", "sequential")
+
+
+@dataclass
+class MixtureSourceConfig:
+    """One source of `data=mixture`: local files (`path`) or a hub dataset (`name`), and its weight."""
+
+    path: str | None = None  # file, directory or glob of .txt/.jsonl/.json/.parquet
+    name: str | None = None  # hub dataset name (instead of path)
+    weight: float = 1.0  # share of training blocks; weights are normalised over the sources
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.name is None):
+            raise ConfigError("data.sources: give each source exactly one of path or name")
+        _positive("data.sources.weight", self.weight)
 
 
 @dataclass
 class DataConfig:
-    """Where training and validation tokens come from; see gptforge.data."""
+    """Where training and validation tokens come from; see gptforge.data and docs/DATA.md."""
 
     source: str = "text_file"
-    path: str = "data/tinyshakespeare.txt"  # relative paths resolve against the project root
-    val_path: str | None = None  # None: hold out the last val_fraction of path
-    val_fraction: float = 0.1
+    path: str = "data/tinyshakespeare.txt"  # file, directory or glob; memmap: prepared shard directory
+    val_path: str | None = None  # None: hold out val_fraction of path
+    val_fraction: float = 0.1  # text_file/memmap: last fraction of the tokens; streaming: of the documents
     num_workers: int = 0  # DataLoader worker processes per rank
+    name: str | None = None  # hf_hub: dataset name on the hub (or a local dataset directory)
+    split: str = "train"  # hf_hub: split to train on
+    val_split: str | None = None  # hf_hub: split to validate on; None: val_fraction of the documents
+    text_format: str = "auto"  # auto (by file extension), text, json (JSON Lines) or parquet
+    text_field: str = "text"  # json/parquet/hub: the column holding each document's text
+    text_unit: str = "document"  # .txt files: one document per file, paragraph (blank-line separated) or line
+    encoding_errors: str = "strict"  # strict: non-UTF-8 text is an error; replace: decode it with U+FFFD
+    shuffle_blocks: int = 1024  # blocks (sequences) shuffled together per stream; 0: no shuffling
+    tokenize_batch: int = 256  # documents per batched tokenizer call
+    sampling: str = "random"  # memmap: random windows or sequential windows
+    sources: list[MixtureSourceConfig] = field(default_factory=list)  # mixture: the weighted sources
 
     def __post_init__(self) -> None:
         _choice("data.source", self.source, DATA_SOURCES)
+        _choice("data.text_format", self.text_format, TEXT_FORMATS)
+        _choice("data.text_unit", self.text_unit, TEXT_UNITS)
+        _choice("data.encoding_errors", self.encoding_errors, ENCODING_ERRORS)
+        _choice("data.sampling", self.sampling, WINDOW_SAMPLING)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={self.val_fraction} is not valid; it must be in [0, 1)")
         _positive("data.num_workers", self.num_workers, allow_zero=True)
+        _positive("data.shuffle_blocks", self.shuffle_blocks, allow_zero=True)
+        _positive("data.tokenize_batch", self.tokenize_batch)
 
 
 @dataclass
@@ -213,12 +269,37 @@ class JsonlLoggerConfig:
     filename: str = "metrics.jsonl"  # inside the run directory
 
 
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+@dataclass
+class WandbLoggerConfig:
+    """Weights & Biases; a resumed run continues the same wandb run (its id is kept in the run directory)."""
+
+    project: str = "gptforge"
+    entity: str | None = None  # team or user; None: the default entity of the logged-in account
+    mode: str = "online"  # online (needs a key), offline (local files, `wandb sync` later), disabled
+    name: str | None = None  # wandb run name; None: the run's `name`
+    tags: list[str] = field(default_factory=list)
+    dir: str | None = None  # where wandb writes its files; None: the run directory
+
+    def __post_init__(self) -> None:
+        _choice("logger.wandb.mode", self.mode, WANDB_MODES)
+
+
+@dataclass
+class TensorboardLoggerConfig:
+    subdir: str = "tensorboard"  # event files go into <run directory>/<subdir>
+
+
 @dataclass
 class LoggerConfig:
     """Each logger that is set (not null) receives every metric record."""
 
     console: ConsoleLoggerConfig | None = None
     jsonl: JsonlLoggerConfig | None = None
+    wandb: WandbLoggerConfig | None = None
+    tensorboard: TensorboardLoggerConfig | None = None
 
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -245,8 +326,17 @@ class TrainerConfig:
     overwrite: bool = False  # with resume=never, allow starting over in an out_dir that holds checkpoints
     sample_tokens: int = 0  # after training, print this many tokens sampled from the model
     threads: int | None = None  # CPU threads for torch; None: torch's default
+    nonfinite_policy: str = "skip"  # a non-finite gradient norm: skip the step, or stop with a checkpoint
+    max_consecutive_skips: int = 5  # skip: stop (with a checkpoint) after this many skipped steps in a row
+    spike_threshold: float = 0.0  # a loss above mean + this many std of the recent window is a spike; 0: off
+    spike_window: int = 100  # steps in the loss-spike window
+    spike_policy: str = "log"  # log: record spikes; skip: also skip their optimizer step
     peak_flops_per_sec: float | None = None  # per-device peak for MFU; None: the table for known GPUs
     init_from: str | None = None  # start from these weights (consolidated .safetensors or a checkpoint dir)
+    profile: bool = False  # capture a torch.profiler trace of a few steps into <run directory>/profile
+    profile_wait_steps: int = 5  # steps (after start or resume) before the profiler starts
+    profile_warmup_steps: int = 1  # steps profiled but discarded (first-call overheads)
+    profile_active_steps: int = 3  # steps recorded in the trace
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "micro_batch_size", "log_every", "eval_batches", "keep_last"):
@@ -258,6 +348,14 @@ class TrainerConfig:
         _choice("trainer.precision", self.precision, PRECISIONS)
         _choice("trainer.device", self.device, ("auto", "cpu", "cuda"))
         _choice("trainer.resume", self.resume, RESUME_MODES)
+        _choice("trainer.nonfinite_policy", self.nonfinite_policy, ("skip", "stop"))
+        _choice("trainer.spike_policy", self.spike_policy, ("log", "skip"))
+        _positive("trainer.max_consecutive_skips", self.max_consecutive_skips, allow_zero=True)
+        _positive("trainer.spike_threshold", self.spike_threshold, allow_zero=True)
+        _positive("trainer.spike_window", self.spike_window)
+        _positive("trainer.profile_wait_steps", self.profile_wait_steps, allow_zero=True)
+        _positive("trainer.profile_warmup_steps", self.profile_warmup_steps, allow_zero=True)
+        _positive("trainer.profile_active_steps", self.profile_active_steps)
 
 
 @dataclass
@@ -284,6 +382,11 @@ class Config:
             raise ConfigError(
                 f"scheduler.warmup_steps={warmup} is not shorter than trainer.max_steps="
                 f"{self.trainer.max_steps}; the run would never leave warm-up"
+            )
+        if self.trainer.spike_policy == "skip" and self.strategy.name == "deepspeed":
+            raise ConfigError(
+                "trainer.spike_policy=skip is not supported with strategy=deepspeed_*: its engine steps "
+                "as soon as gradients are reduced; use spike_policy=log"
             )
         global_batch, micro_batch = self.trainer.global_batch_size, self.trainer.micro_batch_size
         if global_batch is not None and global_batch % micro_batch:

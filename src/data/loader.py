@@ -1,72 +1,122 @@
-"""Random-window batches over a token array, identical for any world size and resumable by one integer."""
+"""The streaming loader: this rank's packed micro-batches from one stream per DataLoader worker.
+
+Each worker sends its stream's state along with every batch, so the loader's state is the state of
+the last batch it handed out from each stream, plus which stream comes next. Nothing needs to be asked
+of a worker at checkpoint time, and batches prefetched but never consumed are simply re-made.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from gptforge.data.stream import BlockStream, StreamSpec
+from gptforge.errors import DataError
 
 
-class RandomWindowLoader:
-    """Yields this rank's (input_ids, targets) micro-batches of random windows.
+def _as_is(batch):
+    return batch
 
-    The global batch of optimizer step `s` is drawn from `(seed, s)` alone and split rank-major, so
-    1 rank x 2B, 2 ranks x B and 1 rank x B with 2 accumulation steps all train on the same tokens,
-    and the loader's whole state is the step it has reached.
-    """
+
+class _RankStreams(IterableDataset):
+    """One rank's streams; DataLoader worker w plays stream (w + first) mod n_streams."""
+
+    def __init__(
+        self, spec: StreamSpec, micro_batch_size: int, rank: int, world_size: int, first: int, states: list
+    ) -> None:
+        self.spec, self.micro_batch_size = spec, micro_batch_size
+        self.rank, self.world_size, self.first, self.states = rank, world_size, first, states
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int, dict]]:
+        info = get_worker_info()
+        per_rank = len(self.states)
+        local = ((info.id if info else 0) + self.first) % per_rank
+        stream = BlockStream(
+            self.spec, self.rank * per_rank + local, self.world_size * per_rank, self.states[local]
+        )
+        while True:
+            blocks = np.stack([stream.next_block() for _ in range(self.micro_batch_size)])
+            yield torch.from_numpy(blocks.astype(np.int64)), local, stream.state_dict()
+
+
+class StreamingLoader:
+    """Yields (input_ids, targets) of shape (B, T) from this rank's disjoint streams; resumes exactly."""
 
     def __init__(
         self,
-        tokens: np.ndarray,
-        block_size: int,
+        spec: StreamSpec,
         micro_batch_size: int,
         grad_accum_steps: int = 1,
         rank: int = 0,
         world_size: int = 1,
-        seed: int = 0,
+        num_workers: int = 0,
     ) -> None:
-        if len(tokens) < block_size + 2:
-            raise ValueError(f"{len(tokens)} tokens are too few for windows of block_size={block_size}")
-        self.tokens = tokens
-        self.block_size = block_size
+        self.spec = spec
         self.micro_batch_size = micro_batch_size
         self.grad_accum_steps = grad_accum_steps
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = seed
-        self.step = 0
-        self._micro_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._offsets = np.arange(block_size + 1)
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self._states: list[dict | None] = [None] * max(num_workers, 1)
+        self._next_stream = 0
+        self._batches: Iterator | None = None
 
     @property
     def global_batch_size(self) -> int:
         return self.micro_batch_size * self.grad_accum_steps * self.world_size
 
-    def _draw_step(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        rng = np.random.default_rng([self.seed, step])
-        starts = rng.integers(0, len(self.tokens) - self.block_size - 1, size=self.global_batch_size)
-        per_rank = self.micro_batch_size * self.grad_accum_steps
-        mine = starts[self.rank * per_rank : (self.rank + 1) * per_rank]
-        windows = torch.from_numpy(self.tokens[mine[:, None] + self._offsets].astype(np.int64))
-        # (accum, B, T+1) -> accum micro-batches of (B, T) inputs and targets
-        windows = windows.view(self.grad_accum_steps, self.micro_batch_size, self.block_size + 1)
-        return [(w[:, :-1], w[:, 1:]) for w in windows]
+    def _start(self) -> Iterator:
+        dataset = _RankStreams(
+            self.spec,
+            self.micro_batch_size,
+            self.rank,
+            self.world_size,
+            self._next_stream,
+            list(self._states),
+        )
+        if self.num_workers == 0:
+            return iter(dataset)
+        # workers encode in parallel already; Rust threads inside forked workers would only contend
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        return iter(DataLoader(dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is))
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> StreamingLoader:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self._micro_batches:
-            self._micro_batches = self._draw_step(self.step)
-            self.step += 1
-        return self._micro_batches.pop(0)
+        if self._batches is None:
+            self._batches = self._start()
+        try:
+            blocks, stream, state = next(self._batches)
+        except DataError as err:  # from a worker: its message comes wrapped in the worker's traceback
+            message = str(err).strip().splitlines()[-1]
+            raise DataError(message.removeprefix("gptforge.errors.DataError: ")) from None
+        self._states[stream] = state
+        self._next_stream = (stream + 1) % len(self._states)
+        # (B, T+1) -> inputs and targets shifted by one, (B, T) each
+        return blocks[:, :-1], blocks[:, 1:]
 
     def state_dict(self) -> dict:
-        if self._micro_batches:
-            raise RuntimeError("loader state is only defined between optimizer steps")
-        return {"step": self.step, "seed": self.seed}
+        return {
+            "world_size": self.world_size,
+            "num_workers": self.num_workers,
+            "next_stream": self._next_stream,
+            "streams": [None if s is None else dict(s) for s in self._states],
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
-        self._micro_batches = []
+        saved = (state.get("world_size"), state.get("num_workers"))
+        if saved != (self.world_size, self.num_workers) or "streams" not in state:
+            raise DataError(
+                f"the checkpoint's data position is for world_size={saved[0]}, data.num_workers={saved[1]}; "
+                f"this run has {self.world_size} and {self.num_workers}: resume with the same layout"
+            )
+        self.close()
+        self._states = list(state["streams"])
+        self._next_stream = int(state["next_stream"])
+
+    def close(self) -> None:
+        """Stop the workers (a new iterator starts from the current state)."""
+        self._batches = None

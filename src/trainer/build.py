@@ -12,16 +12,10 @@ import torch
 from omegaconf import OmegaConf
 
 from gptforge.config import Config
-from gptforge.data import (
-    RandomWindowLoader,
-    Tokenizer,
-    build_tokenizer,
-    load_corpus,
-    load_tokenizer,
-    to_token_array,
-)
+from gptforge.data import BatchLayout, Tokenizer, build_data, build_data_tokenizer, load_tokenizer
 from gptforge.errors import ConfigError
 from gptforge.models import GPT
+from gptforge.models.lora import apply_lora
 from gptforge.trainer.loop import Trainer
 from gptforge.trainer.strategies import Strategy, build_strategy
 from gptforge.trainer.strategies.consolidated import load_initial_weights
@@ -75,11 +69,11 @@ def prepare_run_dir(cfg: Config, run_dir: Path, is_main: bool) -> None:
         print(f"gptforge: moved earlier checkpoints to {aside}", flush=True)
 
 
-def prepare_tokenizer(cfg: Config, run_dir: Path, corpus_text: str) -> Tokenizer:
+def prepare_tokenizer(cfg: Config, run_dir: Path) -> Tokenizer:
     """The run's tokenizer: the one saved in the run directory (so resumes decode alike), else a new one."""
     if (run_dir / "tokenizer_meta.json").exists() and cfg.trainer.resume != "never":
         return load_tokenizer(run_dir)
-    return build_tokenizer(cfg.tokenizer, corpus_text)
+    return build_data_tokenizer(cfg.data, cfg.tokenizer)
 
 
 def build_trainer(cfg: Config, run_dir: Path, strategy: Strategy | None = None) -> Trainer:
@@ -92,8 +86,7 @@ def build_trainer(cfg: Config, run_dir: Path, strategy: Strategy | None = None) 
     prepare_run_dir(cfg, run_dir, strategy.is_main)
     strategy.barrier()
 
-    train_text, val_text = load_corpus(cfg.data)
-    tokenizer = prepare_tokenizer(cfg, run_dir, train_text + val_text)
+    tokenizer = prepare_tokenizer(cfg, run_dir)
     vocab_size = resolve_vocab_size(cfg.model.vocab_size, tokenizer.vocab_size, cfg.model.vocab_multiple)
     cfg = replace(cfg, model=replace(cfg.model, vocab_size=vocab_size))
     if strategy.is_main:
@@ -101,31 +94,22 @@ def build_trainer(cfg: Config, run_dir: Path, strategy: Strategy | None = None) 
         OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
 
     accum = grad_accum_steps(tcfg.micro_batch_size, tcfg.global_batch_size, strategy.world_size)
-    block_size = cfg.model.block_size
-    train_tokens = to_token_array(tokenizer.encode(train_text), tokenizer.vocab_size)
-    train_loader = RandomWindowLoader(
-        train_tokens, block_size, tcfg.micro_batch_size, accum, strategy.rank, strategy.world_size, cfg.seed
+    layout = BatchLayout(
+        cfg.model.block_size,
+        tcfg.micro_batch_size,
+        accum,
+        strategy.rank,
+        strategy.world_size,
+        cfg.seed,
+        tcfg.eval_batches,
     )
-    make_val_batches = None
-    if val_text:
-        val_tokens = to_token_array(tokenizer.encode(val_text), tokenizer.vocab_size)
-
-        def make_val_batches():
-            loader = RandomWindowLoader(
-                val_tokens,
-                block_size,
-                tcfg.micro_batch_size,
-                1,
-                strategy.rank,
-                strategy.world_size,
-                cfg.seed + 1,
-            )
-            return (next(loader) for _ in range(tcfg.eval_batches))
+    train_loader, make_val_batches = build_data(cfg.data, tokenizer, layout)
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = GPT(cfg.model)
     if tcfg.init_from:  # before the strategy shards it; a checkpoint in run_dir (resume) still wins
         load_initial_weights(model, tcfg.init_from)
+    apply_lora(model, cfg.model.lora)  # freezes the base weights when model.lora.rank > 0
     flops_per_token = model.flops_per_token()
     strategy.setup(model, cfg.optim, compile=tcfg.compile)
     seed_everything(cfg.seed + strategy.rank)  # dropout differs across ranks, as it should

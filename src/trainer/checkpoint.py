@@ -232,6 +232,7 @@ _RESUME_FREE_KEYS = ("out_dir", "name", "debug", "dry_run", "trainer.resume", "t
 _SHAPE_KEYS = ("flavour", "vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd")
 _RESUME_FIXED_PREFIXES = (
     "tokenizer.",
+    "model.lora.",
     *(f"model.{key}:" for key in (*_SHAPE_KEYS, "intermediate_size", "bias", "tie_embeddings")),
 )
 

@@ -1,15 +1,25 @@
-"""Metric sinks: console (progress bar or plain lines) and JSON Lines; rank 0 only."""
+"""Metric sinks: console, JSON Lines, Weights & Biases, TensorBoard; several at once, rank 0 only.
+
+A record is a flat dict: a train record (`loss`, `lr`, throughput, ...), an eval record (`val_loss`,
+`val_ppl`) or an event (`event`: loss spike, skipped step). Every record has a `step`.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
 from typing import Protocol
 
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from gptforge.config import LoggerConfig
+from gptforge.config import Config, LoggerConfig, WandbLoggerConfig
+from gptforge.errors import ConfigError
+from gptforge.trainer.summary import RunSummary
+
+WANDB_ID_FILE = "wandb_run_id"
 
 
 class MetricLogger(Protocol):
@@ -26,6 +36,9 @@ def _format_eta(seconds: float) -> str:
 
 def format_record(record: dict) -> str:
     """One human line for a metric record."""
+    if "event" in record:
+        outcome = "step skipped" if record["skipped"] else "step taken"
+        return f"step {record['step']} | {record['event']} | {outcome}"
     if "val_loss" in record:
         return f"step {record['step']} | val_loss {record['val_loss']:.4f} | val_ppl {record['val_ppl']:.2f}"
     parts = [
@@ -35,25 +48,45 @@ def format_record(record: dict) -> str:
         f"grad_norm {record['grad_norm']:.3f}",
         f"{record['tokens_per_sec'] / 1e3:.1f}K tok/s",
         f"mfu {record['mfu']:.1%}" if "mfu" in record else "mfu n/a",
-        f"eta {_format_eta(record['eta_s'])}",
+        f"data_wait {record['data_wait_s'] * 1e3:.1f}ms",
     ]
+    if "peak_memory_gib" in record:
+        parts.append(f"mem {record['peak_memory_gib']:.2f}GiB")
+    parts.append(f"eta {_format_eta(record['eta_s'])}")
     return " | ".join(parts)
 
 
-class ConsoleLogger:
-    """A live progress bar on a terminal; one line per record when output is a file or a pipe."""
+def scalars(record: dict) -> dict[str, float]:
+    """The numbers of a record under dashboard names: train/loss, val/loss, events/loss_spike, ..."""
+    if "event" in record:
+        return {f"events/{record['event']}": 1.0}
+    prefix = "val/" if "val_loss" in record else "train/"
+    return {
+        prefix + key.removeprefix("val_"): float(value)
+        for key, value in record.items()
+        if key not in ("step", "max_steps") and isinstance(value, int | float) and not isinstance(value, bool)
+    }
 
-    def __init__(self, max_steps: int, start_step: int, progress_bar: bool | None = None) -> None:
+
+class ConsoleLogger:
+    """The run summary, then a live progress bar on a terminal, or one line per record in a file or pipe."""
+
+    def __init__(self, summary: RunSummary, progress_bar: bool | None = None) -> None:
+        print("\n".join(summary.lines()), flush=True)
         use_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
-        self.bar = tqdm(total=max_steps, initial=start_step, dynamic_ncols=True) if use_bar else None
+        self.bar = None
+        if use_bar:
+            self.bar = tqdm(
+                total=summary.max_steps, initial=summary.start_step, dynamic_ncols=True, unit="step"
+            )
 
     def log(self, record: dict) -> None:
         if self.bar is None:
             print(format_record(record), flush=True)
-        elif "val_loss" in record:
+        elif "val_loss" in record or "event" in record:
             self.bar.write(format_record(record))
         else:
-            self.bar.update(record["step"] - self.bar.n)
+            self.bar.update(record["step"] - self.bar.n)  # tqdm's own remaining time is the ETA
             postfix = (
                 f"loss {record['loss']:.4f} lr {record['lr']:.1e} {record['tokens_per_sec'] / 1e3:.1f}K tok/s"
             )
@@ -88,6 +121,57 @@ class JsonlLogger:
         self.file.close()
 
 
+class TensorboardLogger:
+    """Event files under `log_dir`; on resume, TensorBoard hides what was logged after the checkpoint."""
+
+    def __init__(self, log_dir: Path, summary: RunSummary) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        purge_step = summary.start_step + 1 if summary.start_step else None
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+        table = "\n".join(f"| {label} | {value} |" for label, value in summary.rows())
+        self.writer.add_text("run_summary", "| | |\n|---|---|\n" + table, summary.start_step)
+
+    def log(self, record: dict) -> None:
+        for name, value in scalars(record).items():
+            self.writer.add_scalar(name, value, record["step"])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbLogger:
+    """A Weights & Biases run; its id is kept in the run directory so that a resume continues it."""
+
+    def __init__(self, cfg: WandbLoggerConfig, run_config: dict, summary: RunSummary) -> None:
+        import wandb
+
+        run_dir = Path(summary.run_dir)
+        id_file = run_dir / WANDB_ID_FILE
+        resuming = summary.start_step > 0 and id_file.exists()
+        run_id = id_file.read_text().strip() if resuming else None  # None: wandb makes a new one
+        wandb_dir = Path(cfg.dir) if cfg.dir else run_dir
+        wandb_dir.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=cfg.project,
+            entity=cfg.entity,
+            mode=cfg.mode,
+            name=cfg.name or summary.name,
+            tags=list(cfg.tags),
+            dir=str(wandb_dir),
+            config={**run_config, "run_summary": summary.as_dict()},
+            id=run_id,
+            resume="allow",
+        )
+        id_file.write_text(self.run.id + "\n")
+
+    def log(self, record: dict) -> None:
+        self.run.log(scalars(record), step=record["step"])
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 class Loggers:
     """Fans every record out to the configured loggers."""
 
@@ -103,11 +187,45 @@ class Loggers:
             logger.close()
 
 
-def build_loggers(cfg: LoggerConfig, run_dir: Path, max_steps: int, start_step: int) -> Loggers:
-    """The loggers set in `cfg`, writing into `run_dir`."""
-    loggers: list[MetricLogger] = []
-    if cfg.console is not None:
-        loggers.append(ConsoleLogger(max_steps, start_step, cfg.console.progress_bar))
-    if cfg.jsonl is not None:
-        loggers.append(JsonlLogger(run_dir / cfg.jsonl.filename, resume_step=start_step))
-    return Loggers(loggers)
+def check_logger_packages(cfg: LoggerConfig) -> None:
+    """Fail before training (on every rank alike) when a configured logger's package is not installed."""
+    wanted = {
+        "wandb": cfg.wandb is not None and cfg.wandb.mode != "disabled",
+        "tensorboard": cfg.tensorboard is not None,
+    }
+    for package, needed in wanted.items():
+        if needed and importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"logger {package} is configured but the {package} package is not installed; "
+                f"pip install {package}, or leave {package} out of logger=[...]"
+            )
+
+
+def _start_wandb(cfg: Config, summary: RunSummary) -> MetricLogger | None:
+    run_config = OmegaConf.to_container(OmegaConf.structured(cfg))
+    try:
+        return WandbLogger(cfg.logger.wandb, run_config, summary)
+    except Exception as err:  # a run must never depend on wandb's servers or a key being set
+        reason = " ".join(str(err).split()) or type(err).__name__
+        print(
+            f"gptforge: warning: wandb logger off for this run ({reason}); the other loggers still record "
+            "every metric; logger.wandb.mode=offline needs no key or network",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+
+
+def build_loggers(cfg: Config, summary: RunSummary) -> Loggers:
+    """The loggers set in `cfg.logger`, writing into the summary's run directory."""
+    lcfg, run_dir = cfg.logger, Path(summary.run_dir)
+    loggers: list[MetricLogger | None] = []
+    if lcfg.console is not None:
+        loggers.append(ConsoleLogger(summary, lcfg.console.progress_bar))
+    if lcfg.jsonl is not None:
+        loggers.append(JsonlLogger(run_dir / lcfg.jsonl.filename, resume_step=summary.start_step))
+    if lcfg.tensorboard is not None:
+        loggers.append(TensorboardLogger(run_dir / lcfg.tensorboard.subdir, summary))
+    if lcfg.wandb is not None and lcfg.wandb.mode != "disabled":
+        loggers.append(_start_wandb(cfg, summary))
+    return Loggers([logger for logger in loggers if logger is not None])

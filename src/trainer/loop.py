@@ -13,10 +13,20 @@ from gptforge.config import Config
 from gptforge.data import RandomWindowLoader, Tokenizer
 from gptforge.models import generate
 from gptforge.trainer import checkpoint as ckpt
-from gptforge.trainer.loggers import Loggers, build_loggers
+from gptforge.trainer.faults import (
+    Preempted,
+    PreemptionWatcher,
+    StepGuard,
+    TrainingStopped,
+    injected_loss_scale,
+)
+from gptforge.trainer.loggers import Loggers, build_loggers, check_logger_packages
 from gptforge.trainer.metrics import ThroughputMeter, peak_flops_per_sec
+from gptforge.trainer.pretrained import save_lora_adapters
+from gptforge.trainer.profiler import StepProfiler
 from gptforge.trainer.schedules import LRSchedule
 from gptforge.trainer.strategies import Strategy
+from gptforge.trainer.summary import RunSummary, describe_run
 
 
 class Trainer:
@@ -52,6 +62,9 @@ class Trainer:
         self.tokens_per_step = train_loader.global_batch_size * cfg.model.block_size
         peak = peak_flops_per_sec(strategy.device, self.tcfg.peak_flops_per_sec)
         self.meter = ThroughputMeter(flops_per_token, peak, strategy.world_size)
+        self.profiler = StepProfiler(self.tcfg, run_dir / "profile", strategy.rank, strategy.device)
+        check_logger_packages(cfg.logger)
+        self.guard = StepGuard(self.tcfg)
         self.step = 0
         self.tokens_seen = 0
         self.loggers: Loggers | None = None
@@ -60,40 +73,73 @@ class Trainer:
         """Train to `trainer.max_steps` (resuming if a checkpoint exists); returns the last metrics."""
         self.resume()
         if self.strategy.is_main:
-            self.loggers = build_loggers(self.cfg.logger, self.run_dir, self.tcfg.max_steps, self.step)
+            self.loggers = build_loggers(self.cfg, self.summary())
         last: dict = {}
         self.meter.reset()
-        while self.step < self.tcfg.max_steps:
-            loss, grad_norm, lr = self.train_step()
-            self.step += 1
-            self.tokens_seen += self.tokens_per_step
-            self.meter.update(self.tokens_per_step)
-            if self.step % self.tcfg.log_every == 0 or self.step == self.tcfg.max_steps:
-                last = self.log_train(loss, grad_norm, lr)
-            if self.tcfg.eval_every and self.step % self.tcfg.eval_every == 0:
+        self.profiler.start()
+        preemption = PreemptionWatcher()
+        try:
+            while self.step < self.tcfg.max_steps:
+                last |= self.run_step()
+                if preemption.requested(self.strategy.broadcast_flag):
+                    self.save()
+                    raise Preempted.at(self.step, preemption.signal_name)
+            if self.tcfg.eval_every and self.step % self.tcfg.eval_every and self.make_val_batches:
                 last |= self.evaluate()
-            if self.tcfg.checkpoint_every and self.step % self.tcfg.checkpoint_every == 0:
-                self.save()
-        if self.tcfg.eval_every and self.step % self.tcfg.eval_every and self.make_val_batches:
+            self.save()
+        finally:
+            preemption.close()
+            self.profiler.close()
+            if self.loggers is not None:
+                self.loggers.close()
+        return last
+
+    def run_step(self) -> dict:
+        """One optimizer step, then the metrics, evaluation and checkpoint that are due."""
+        try:
+            loss, grad_norm, lr = self.train_step()
+        except TrainingStopped:
+            self.save()  # the weights are still those of the last good step
+            raise
+        self.step += 1
+        self.tokens_seen += self.tokens_per_step
+        self.meter.update(self.tokens_per_step)
+        if self.profiler.step(self.step):
+            self.meter.reset()  # writing the trace is not training throughput
+        last: dict = {}
+        if self.step % self.tcfg.log_every == 0 or self.step == self.tcfg.max_steps:
+            last = self.log_train(loss, grad_norm, lr)
+        if self.tcfg.eval_every and self.step % self.tcfg.eval_every == 0:
             last |= self.evaluate()
-        self.save()
-        if self.loggers is not None:
-            self.loggers.close()
+        if self.tcfg.checkpoint_every and self.step % self.tcfg.checkpoint_every == 0:
+            self.save()
         return last
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step over `grad_accum_steps` micro-batches; returns loss and grad norm tensors."""
         lr = self.schedule(self.step)
+        loss_scale = injected_loss_scale(self.step, self.strategy.rank) / self.grad_accum_steps
         loss_sum = torch.zeros((), device=self.strategy.device)
         for micro in range(self.grad_accum_steps):
-            input_ids, targets = next(self.train_loader)
+            with self.meter.data_wait():
+                input_ids, targets = next(self.train_loader)
             input_ids, targets = self.strategy.to_device(input_ids), self.strategy.to_device(targets)
             last_micro = micro == self.grad_accum_steps - 1
-            loss_sum += self.strategy.forward_backward(
-                input_ids, targets, 1.0 / self.grad_accum_steps, last_micro
+            loss_sum += self.strategy.forward_backward(input_ids, targets, loss_scale, last_micro)
+        loss = loss_sum / self.grad_accum_steps
+        global_loss = spike = None
+        if self.tcfg.spike_threshold:  # costs a host sync per step, so only when asked for
+            global_loss = self.strategy.all_reduce_mean(loss).item()
+            spike = self.guard.is_spike(global_loss)
+        skip = bool(spike) and self.tcfg.spike_policy == "skip"
+        grad_norm, stepped = self.strategy.clip_and_step(self.tcfg.grad_clip, lr, skip=skip)
+        if spike or not stepped:
+            event = "loss_spike" if spike else "nonfinite_grad_norm"
+            self._emit(
+                {"step": self.step + 1, "event": event, "skipped": not stepped, "event_loss": global_loss}
             )
-        grad_norm = self.strategy.clip_and_step(self.tcfg.grad_clip, lr)
-        return loss_sum / self.grad_accum_steps, grad_norm, lr
+        self.guard.after_step(self.step, global_loss, stepped, bool(spike))
+        return loss, grad_norm, lr
 
     def log_train(self, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> dict:
         record = {
@@ -103,7 +149,7 @@ class Trainer:
             "lr": lr,
             "grad_norm": grad_norm.item(),
             "tokens_seen": self.tokens_seen,
-            **self.meter.report(),
+            **self.meter.report(self.strategy),  # after the .item() syncs above, so times are complete
         }
         record["eta_s"] = record["step_time_s"] * (self.tcfg.max_steps - self.step)
         self._emit(record)
@@ -131,6 +177,10 @@ class Trainer:
             self.strategy.save(directory)
             rank_state = {"rng": ckpt.capture_rng(), "data": self.train_loader.state_dict()}
             ckpt.save_rank_state(directory, self.strategy.rank, rank_state)
+            if self.cfg.model.lora.rank:  # the adapters alone too, for sharing and for export
+                state = self.strategy.full_model_state_dict()  # a collective on sharded strategies
+                if self.strategy.is_main:
+                    save_lora_adapters(state, directory, self.cfg.model.lora)
 
         def write_main(directory: Path) -> None:
             state = {
@@ -175,6 +225,18 @@ class Trainer:
             )
         model.train()
         return self.tokenizer.decode(out[0].tolist())
+
+    def summary(self) -> RunSummary:
+        """What this run is about to do; the console prints it and wandb / TensorBoard keep it."""
+        return describe_run(
+            self.cfg,
+            self.strategy,
+            self.run_dir,
+            self.meter.flops_per_token,
+            self.meter.peak_per_device,
+            self.grad_accum_steps,
+            self.step,
+        )
 
     def _emit(self, record: dict) -> None:
         if self.loggers is not None:

@@ -1,4 +1,4 @@
-"""Throughput and model FLOPs utilisation (MFU), in the PaLM convention.
+"""Throughput, data-wait time, peak memory and model FLOPs utilisation (MFU, PaLM convention).
 
 MFU = achieved model FLOP/s / peak FLOP/s, where achieved = flops_per_token * tokens/s and
 flops_per_token = 6 * N + 12 * n_layer * n_head * head_dim * T (N: non-embedding parameters plus
@@ -7,11 +7,16 @@ the output head). Peaks are dense bf16 tensor-core figures from the vendors' dat
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import torch
 
 PEAK_BF16_FLOPS_PER_SEC = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+GIB = 2**30
 
 
 def peak_flops_per_sec(device: torch.device, configured: float | None = None) -> float | None:
@@ -24,33 +29,94 @@ def peak_flops_per_sec(device: torch.device, configured: float | None = None) ->
     return next((peak for key, peak in PEAK_BF16_FLOPS_PER_SEC.items() if key in name), None)
 
 
-class ThroughputMeter:
-    """Tokens/s and MFU over the steps since the last report."""
+def peak_memory_bytes(device: torch.device) -> int | None:
+    """Peak memory so far: CUDA's max_memory_allocated on a GPU, the process's peak RSS on CPU.
 
-    def __init__(self, flops_per_token: int, peak_per_device: float | None, world_size: int) -> None:
+    None where neither can be read (the `resource` module is missing on Windows).
+    """
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    try:
+        import resource
+    except ImportError:
+        return None
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return max_rss if sys.platform == "darwin" else max_rss * 1024  # bytes on macOS, KiB on Linux
+
+
+class Ranks(Protocol):
+    """What the meter needs of a Strategy to combine its figures across ranks."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor: ...
+
+
+class ThroughputMeter:
+    """Tokens/s, step time, data-wait time and MFU over the steps since the last report."""
+
+    def __init__(
+        self,
+        flops_per_token: int,
+        peak_per_device: float | None,
+        world_size: int,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.flops_per_token = flops_per_token
         self.peak_per_device = peak_per_device
         self.world_size = world_size
+        self.clock = clock
         self.reset()
 
     def reset(self) -> None:
-        self._start = time.perf_counter()
+        self._start = self.clock()
         self._tokens = 0
         self._steps = 0
+        self._data_wait = 0.0
+
+    @contextlib.contextmanager
+    def data_wait(self) -> Iterator[None]:
+        """Time the enclosed fetch of a batch as time the step waited for the loader."""
+        start = self.clock()
+        try:
+            yield
+        finally:
+            self._data_wait += self.clock() - start
 
     def update(self, tokens: int) -> None:
+        """Count one optimizer step of `tokens` tokens (all ranks together)."""
         self._tokens += tokens
         self._steps += 1
 
-    def report(self) -> dict[str, float]:
-        """Global and per-device tokens/s, step time and MFU since the last report; then resets."""
-        elapsed = max(time.perf_counter() - self._start, 1e-9)
+    def report(self, ranks: Ranks | None = None) -> dict[str, float]:
+        """Figures since the last report, averaged over `ranks` (peak memory: their maximum); then resets.
+
+        Costs one small all-reduce, so call it on log steps only.
+        """
+        elapsed, data_wait = self.clock() - self._start, self._data_wait
+        memory = peak_memory_bytes(ranks.device) if ranks is not None else None
+        if ranks is not None:
+            # one collective: times are averaged; each rank's memory sits in its own slot, so the
+            # mean times world_size gathers them all and the maximum can be taken
+            slots = torch.zeros(ranks.world_size, dtype=torch.float64)
+            slots[ranks.rank] = float(memory or 0)
+            local = torch.cat([torch.tensor([elapsed, data_wait], dtype=torch.float64), slots])
+            combined = ranks.all_reduce_mean(local.to(ranks.device)).cpu()
+            elapsed, data_wait = combined[0].item(), combined[1].item()
+            memory = int((combined[2:] * ranks.world_size).max().item()) if memory is not None else None
+        elapsed = max(elapsed, 1e-9)
+        steps = max(self._steps, 1)
         tokens_per_sec = self._tokens / elapsed
         record = {
             "tokens_per_sec": tokens_per_sec,
             "tokens_per_sec_per_device": tokens_per_sec / self.world_size,
-            "step_time_s": elapsed / max(self._steps, 1),
+            "step_time_s": elapsed / steps,
+            "data_wait_s": data_wait / steps,
         }
+        if memory is not None:
+            record["peak_memory_gib"] = memory / GIB
         if self.peak_per_device:
             record["mfu"] = self.flops_per_token * tokens_per_sec / (self.peak_per_device * self.world_size)
         self.reset()

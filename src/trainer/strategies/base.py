@@ -52,6 +52,24 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         model.blocks[i] = checkpoint_wrapper(block)
 
 
+def clip_and_step_local(
+    model: nn.Module, optimizer: torch.optim.Optimizer, max_norm: float, lr: float, skip: bool
+) -> tuple[torch.Tensor, bool]:
+    """`Strategy.clip_and_step` for backends whose gradients sit in `param.grad` (single, DDP, FSDP)."""
+    from gptforge.trainer.optim import set_lr
+
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm or float("inf"))
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor holding the global norm
+        grad_norm = grad_norm.full_tensor()
+    # one host sync per step: the price of never applying a NaN update (DeepSpeed pays the same)
+    stepped = not skip and bool(torch.isfinite(grad_norm))
+    if stepped:
+        set_lr(optimizer, lr)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm.detach(), stepped
+
+
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for full fp32. `auto` is bf16 on CUDA devices that support it."""
     if name == "auto":
@@ -120,10 +138,11 @@ class Strategy(ABC):
         """
 
     @abstractmethod
-    def clip_and_step(self, max_norm: float, lr: float) -> torch.Tensor:
+    def clip_and_step(self, max_norm: float, lr: float, skip: bool = False) -> tuple[torch.Tensor, bool]:
         """Clip the global gradient norm (0: no clipping), step the optimizer at `lr`, zero grads.
 
-        Returns the global gradient norm before clipping.
+        The step is skipped (weights and optimizer state unchanged) when `skip` is set or the norm is
+        not finite on any rank. Returns the global norm before clipping and whether the step was taken.
         """
 
     @abstractmethod

@@ -64,12 +64,16 @@ def save_consolidated(state: dict[str, torch.Tensor], path: Path, metadata: dict
 
 
 def load_initial_weights(model: nn.Module, path: str | Path) -> None:
-    """Copy weights into `model` from a consolidated .safetensors file or any checkpoint directory."""
-    path = Path(path)
-    if path.is_file():
+    """Copy weights into `model` from a consolidated .safetensors file, any checkpoint directory, or
+    `hf:<dir>`, a local Hugging Face GPT-2 / Llama model directory."""
+    if str(path).startswith("hf:"):
+        from gptforge.trainer.pretrained import load_hf_weights  # imported here: it imports the trainer
+
+        state = load_hf_weights(path, model.cfg)
+    elif Path(path).is_file():
         state = load_file(str(path))
-    elif path.is_dir():
-        state, _ = consolidate_checkpoint(path)
+    elif Path(path).is_dir():
+        state, _ = consolidate_checkpoint(Path(path))
     else:
         raise CheckpointError(f"trainer.init_from={path} does not exist")
     missing, unexpected = _load(model, state, path)
@@ -85,7 +89,7 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> None:
         )
 
 
-def _load(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> tuple[list[str], list[str]]:
+def _load(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> tuple[list[str], list[str]]:
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches

@@ -10,8 +10,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from gptforge.config import OptimConfig
-from gptforge.trainer.optim import build_optimizer, set_lr
-from gptforge.trainer.strategies.base import apply_activation_checkpointing
+from gptforge.trainer.optim import build_optimizer
+from gptforge.trainer.strategies.base import apply_activation_checkpointing, clip_and_step_local
 from gptforge.trainer.strategies.distributed import DistributedStrategy
 from gptforge.trainer.strategies.single import MODEL_FILE, OPTIMIZER_FILE, SingleDeviceStrategy
 
@@ -28,6 +28,13 @@ class DDPStrategy(DistributedStrategy):
         self.train_model = torch.compile(self.ddp_model) if compile else self.ddp_model
         self.optimizer = build_optimizer(self.model, optim_cfg, self.device)
 
+    def teardown(self) -> None:
+        # Free DDP's reducer while the process group is still registered: if the reducer held the last
+        # reference, the group's destructor would join gloo's threads with the GIL held, and a thread
+        # freeing a finished all-reduce needs the GIL (a deadlock seen at exit, torch issue #56297).
+        self.ddp_model = self.train_model = None
+        super().teardown()
+
     def forward_backward(
         self, input_ids: torch.Tensor, targets: torch.Tensor, loss_scale: float, sync_grads: bool
     ) -> torch.Tensor:
@@ -39,13 +46,9 @@ class DDPStrategy(DistributedStrategy):
             (loss * loss_scale).backward()
         return loss.detach()
 
-    def clip_and_step(self, max_norm: float, lr: float) -> torch.Tensor:
+    def clip_and_step(self, max_norm: float, lr: float, skip: bool = False) -> tuple[torch.Tensor, bool]:
         # gradients are identical on every rank after the all-reduce, so the local norm is the global one
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm or float("inf"))
-        set_lr(self.optimizer, lr)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm.detach()
+        return clip_and_step_local(self.model, self.optimizer, max_norm, lr, skip)
 
     def save(self, directory: Path) -> None:
         if self.is_main:

@@ -162,12 +162,17 @@ class DeepSpeedStrategy(DistributedStrategy):
         self.engine.backward(loss * loss_scale, scale_wrt_gas=False)
         return loss.detach()
 
-    def clip_and_step(self, max_norm: float, lr: float) -> torch.Tensor:
-        # the engine clips to trainer.grad_clip (carried by its config, equal to max_norm) before stepping
+    def clip_and_step(self, max_norm: float, lr: float, skip: bool = False) -> tuple[torch.Tensor, bool]:
+        # the engine clips to trainer.grad_clip (carried by its config, equal to max_norm) before stepping,
+        # and skips the step itself, on every rank, when any rank's gradients hold an inf or NaN
+        # (skip=True never arrives: the config refuses spike_policy=skip with deepspeed)
         set_lr(self.optimizer, lr)
+        skipped_before = self.engine.skipped_steps
         self.engine.step()
         grad_norm = self.engine.get_global_grad_norm()
-        return torch.as_tensor(float(grad_norm if grad_norm is not None else float("nan")))
+        stepped = self.engine.skipped_steps == skipped_before
+        norm = float(grad_norm) if grad_norm is not None and stepped else float("nan")
+        return torch.as_tensor(norm), stepped
 
     def save(self, directory: Path) -> None:
         self.engine.save_checkpoint(str(directory), tag=CHECKPOINT_TAG, save_latest=False)

@@ -17,12 +17,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 
 from gptforge.config import OptimConfig
 from gptforge.errors import CheckpointError
-from gptforge.trainer.optim import build_optimizer, set_lr
-from gptforge.trainer.strategies.base import apply_activation_checkpointing
+from gptforge.trainer.optim import build_optimizer
+from gptforge.trainer.strategies.base import apply_activation_checkpointing, clip_and_step_local
 from gptforge.trainer.strategies.distributed import DistributedStrategy
 
 DCP_DIR = "dcp"  # torch.distributed.checkpoint files: one shard file per rank plus .metadata
@@ -65,12 +64,8 @@ class FSDPStrategy(DistributedStrategy):
         (loss * loss_scale).backward()
         return loss.detach()
 
-    def clip_and_step(self, max_norm: float, lr: float) -> torch.Tensor:
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm or float("inf"))
-        set_lr(self.optimizer, lr)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm.detach()
+    def clip_and_step(self, max_norm: float, lr: float, skip: bool = False) -> tuple[torch.Tensor, bool]:
+        return clip_and_step_local(self.model, self.optimizer, max_norm, lr, skip)
 
     def _state(self) -> dict:
         return {

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from gptforge.config import OptimConfig
-from gptforge.trainer.optim import build_optimizer, set_lr
-from gptforge.trainer.strategies.base import Strategy, apply_activation_checkpointing
+from gptforge.trainer.optim import build_optimizer
+from gptforge.trainer.strategies.base import Strategy, apply_activation_checkpointing, clip_and_step_local
 
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -34,12 +34,8 @@ class SingleDeviceStrategy(Strategy):
         (loss * loss_scale).backward()
         return loss.detach()
 
-    def clip_and_step(self, max_norm: float, lr: float) -> torch.Tensor:
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm or float("inf"))
-        set_lr(self.optimizer, lr)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm.detach()
+    def clip_and_step(self, max_norm: float, lr: float, skip: bool = False) -> tuple[torch.Tensor, bool]:
+        return clip_and_step_local(self.model, self.optimizer, max_norm, lr, skip)
 
     def save(self, directory: Path) -> None:
         torch.save(self.model.state_dict(), directory / MODEL_FILE)

@@ -1,0 +1,165 @@
+"""Documents from local files or a hub dataset, streamed through HF `datasets` one shard at a time."""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from gptforge.errors import DataError
+
+FORMATS_BY_SUFFIX = {
+    ".txt": "text",
+    ".text": "text",
+    ".md": "text",
+    ".jsonl": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+}
+
+
+def resolve_files(path: str, key: str = "data.path") -> list[Path]:
+    """The data files a path names: one file, every data file under a directory, or a glob's matches."""
+    if any(ch in path for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(path, recursive=True) if Path(p).is_file())
+        if not files:
+            raise DataError(f"{key}={path}: the glob matches no files")
+    elif Path(path).is_dir():
+        files = sorted(p for p in Path(path).rglob("*") if p.is_file() and p.suffix in FORMATS_BY_SUFFIX)
+        if not files:
+            suffixes = ", ".join(FORMATS_BY_SUFFIX)
+            raise DataError(f"{key}={path}: the directory holds no data files ({suffixes})")
+    elif Path(path).is_file():
+        files = [Path(path)]
+    else:
+        raise DataError(f"{key}={path} does not exist; give a file, a directory or a glob")
+    for file in files:
+        if file.stat().st_size == 0:
+            raise DataError(f"{file} is empty; remove it or give it text")
+    return files
+
+
+def detect_format(files: list[Path], text_format: str, key: str = "data.path") -> str:
+    """The `datasets` builder for the files: `text_format`, or the one their suffixes agree on."""
+    if text_format != "auto":
+        return text_format
+    formats = {FORMATS_BY_SUFFIX.get(f.suffix) for f in files}
+    if None in formats:
+        odd = next(f for f in files if f.suffix not in FORMATS_BY_SUFFIX)
+        raise DataError(f"{odd}: unknown file type; set data.text_format to text, json or parquet")
+    if len(formats) > 1:
+        raise DataError(
+            f"{key} mixes {', '.join(sorted(formats))} files; set data.text_format or use data=mixture"
+        )
+    return formats.pop()
+
+
+@dataclass
+class DocumentSource:
+    """A streaming `datasets.IterableDataset` whose shards (one per local file) are read independently."""
+
+    label: str  # the path or hub name, for messages
+    dataset: object  # datasets.IterableDataset
+    files: list[Path] | None  # the file behind each shard, when local
+    text_field: str
+    text_format: str
+
+    @property
+    def n_units(self) -> int:
+        return self.dataset.n_shards
+
+    def unit_name(self, unit: int) -> str:
+        return str(self.files[unit]) if self.files else f"{self.label} shard {unit}"
+
+    def documents(self, unit: int, skip: int = 0) -> Iterator[str]:
+        """The texts of shard `unit` from its `skip`-th document on; None or missing text reads as ''."""
+        shard = self.dataset.shard(num_shards=self.n_units, index=unit)
+        if skip:
+            shard = shard.skip(skip)
+        # .iter(), not iter(): inside a DataLoader worker, iter() would split shards among workers itself
+        batches = shard.iter(batch_size=READ_BATCH)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except DataError:
+                raise
+            except Exception as err:
+                raise self._diagnose(unit, err) from None
+            texts = batch.get(self.text_field, _MISSING)
+            if texts is _MISSING:
+                fields = ", ".join(batch) or "none"
+                raise DataError(
+                    f"{self.unit_name(unit)}: no field {self.text_field!r} (data.text_field); "
+                    f"its fields: {fields}"
+                )
+            for text in texts:
+                if text is not None and not isinstance(text, str):
+                    raise DataError(
+                        f"{self.unit_name(unit)}: field {self.text_field!r} holds {type(text).__name__}, "
+                        "not text"
+                    )
+                yield text or ""
+
+    def _diagnose(self, unit: int, err: Exception) -> DataError:
+        name = self.unit_name(unit)
+        if isinstance(err, UnicodeDecodeError) or "utf" in str(err).lower():
+            return DataError(
+                f"{name} is not valid UTF-8; convert it, or set data.encoding_errors=replace "
+                "to decode it with U+FFFD"
+            )
+        if self.files and self.text_format == "json":
+            with open(self.files[unit], encoding="utf-8", errors="replace") as lines:
+                for line_number, line in enumerate(lines, 1):
+                    try:
+                        if line.strip():
+                            json.loads(line)
+                    except json.JSONDecodeError as bad:
+                        return DataError(f"{name}:{line_number} is not valid JSON ({bad.msg})")
+        return DataError(f"{name} could not be read as {self.text_format}: {str(err).splitlines()[0]}")
+
+
+_MISSING = object()
+READ_BATCH = 64  # documents per read from the shard
+
+
+def open_local(
+    path: str, text_format: str, text_field: str, text_unit: str, encoding_errors: str, key: str = "data.path"
+) -> DocumentSource:
+    """Stream the files `path` names (file, directory or glob) as one source, one shard per file."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    files = resolve_files(path, key)
+    builder = detect_format(files, text_format, key)
+    options: dict = {}
+    if builder == "text":
+        options = {"sample_by": text_unit, "encoding_errors": encoding_errors}
+    elif builder == "json":
+        options = {"encoding_errors": encoding_errors}
+    try:
+        dataset = datasets.load_dataset(
+            builder, data_files=[str(f) for f in files], split="train", streaming=True, **options
+        )
+    except Exception as err:
+        raise DataError(f"{key}={path}: could not open as {builder}: {str(err).splitlines()[0]}") from None
+    shard_files = files if dataset.n_shards == len(files) else None
+    return DocumentSource(path, dataset, shard_files, text_field, builder)
+
+
+def open_hub(name: str, split: str, text_field: str) -> DocumentSource:
+    """Stream split `split` of hub dataset `name` (or a local dataset directory): no download up front."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        dataset = datasets.load_dataset(name, split=split, streaming=True)
+    except Exception as err:
+        raise DataError(
+            f"data.name={name} (split {split}): could not open it ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no detail'})"
+        ) from None
+    return DocumentSource(f"{name}[{split}]", dataset, None, text_field, "hub")

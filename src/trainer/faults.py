@@ -1,0 +1,110 @@
+"""What the loop does when a step goes wrong or the scheduler wants the machine back.
+
+- Non-finite gradient norm (any rank: gradients are reduced, so the norm is global): the strategy
+  skips the optimizer step; after `max_consecutive_skips` in a row, or at once with
+  `nonfinite_policy=stop`, the run stops with a checkpoint of the last good state.
+- Loss spike (loss above mean + k * std of the recent window): logged, and skipped if asked.
+- SIGTERM / SIGUSR1 (what SLURM and cloud schedulers send before a kill), even on one rank: all
+  ranks agree at the next step boundary, save a checkpoint and exit with PREEMPTED_EXIT_CODE.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from gptforge.config import TrainerConfig
+from gptforge.errors import GptforgeError
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again later; a requeued job resumes from the checkpoint
+INJECT_ENV = "GPTFORGE_INJECT_NONFINITE"  # "<step>:<rank>" makes that rank's gradients inf (tests)
+
+
+class TrainingStopped(GptforgeError):
+    """Training stopped on purpose (numerical fault or preemption) after saving a checkpoint."""
+
+    exit_code = 3
+
+
+class Preempted(TrainingStopped):
+    """A scheduler asked for the machine; the checkpoint of this step is saved."""
+
+    exit_code = PREEMPTED_EXIT_CODE
+
+    @classmethod
+    def at(cls, step: int, signal_name: str | None) -> Preempted:
+        received = signal_name or "a signal on another rank"
+        return cls(
+            f"preempted by {received} at step {step}; checkpoint step_{step} saved: "
+            "run the same command to resume"
+        )
+
+
+class StepGuard:
+    """Decides whether a step may update the weights, and when skipped steps must stop the run."""
+
+    def __init__(self, cfg: TrainerConfig) -> None:
+        self.cfg = cfg
+        self.consecutive_skips = 0
+        self.recent_losses: deque[float] = deque(maxlen=cfg.spike_window)
+
+    def is_spike(self, loss: float) -> bool:
+        """True if `loss` is a spike against the recent window (needs half a window of history)."""
+        if not self.cfg.spike_threshold or len(self.recent_losses) < self.recent_losses.maxlen // 2:
+            return False
+        mean = sum(self.recent_losses) / len(self.recent_losses)
+        std = math.sqrt(sum((x - mean) ** 2 for x in self.recent_losses) / len(self.recent_losses))
+        return loss > mean + self.cfg.spike_threshold * std
+
+    def after_step(self, step: int, loss: float | None, stepped: bool, spike: bool) -> None:
+        """Record the outcome of `step`; raises TrainingStopped when the policy says stop."""
+        if stepped:
+            self.consecutive_skips = 0
+            if loss is not None and math.isfinite(loss) and not spike:
+                self.recent_losses.append(loss)
+            return
+        if spike:
+            return  # skipped on purpose: the weights are fine
+        self.consecutive_skips += 1
+        if self.cfg.nonfinite_policy == "stop" or self.consecutive_skips > self.cfg.max_consecutive_skips:
+            raise TrainingStopped(
+                f"non-finite gradient norm at step {step + 1} ({self.consecutive_skips} step(s) in a row); "
+                "stopped with a checkpoint of the last good state — lower optim.lr or raise "
+                "trainer.max_consecutive_skips, then run the same command to resume"
+            )
+
+
+def injected_loss_scale(step: int, rank: int) -> float:
+    """inf on the rank and step named by GPTFORGE_INJECT_NONFINITE (fault-injection tests), else 1."""
+    target = os.environ.get(INJECT_ENV)
+    if not target:
+        return 1.0
+    inject_step, inject_rank = (int(part) for part in target.split(":"))
+    return math.inf if (step, rank) == (inject_step, inject_rank) else 1.0
+
+
+class PreemptionWatcher:
+    """Notes SIGTERM / SIGUSR1; `requested(any_rank)` tells every rank if any rank got one."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._note)
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    def requested(self, any_rank: Callable[[bool], bool]) -> bool:
+        return any_rank(self.signal_name is not None)
+
+    def close(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,92 @@
+"""Faults on one rank of a real 2-rank torchrun job: every rank reacts together, nothing is lost."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from launch_utils import ROOT, TINY_RUN, TRAIN, check, env, free_port, records, torchrun, train_losses
+
+from gptforge.trainer.faults import INJECT_ENV
+
+pytestmark = pytest.mark.multiprocess
+
+
+def torchrun_command(overrides: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(TRAIN),
+        *overrides,
+    ]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_zero2"])
+def test_inf_on_one_rank_skips_the_step_on_every_rank(tmp_path: Path, strategy: str) -> None:
+    run_dir = tmp_path / strategy
+    overrides = [
+        *TINY_RUN,
+        f"strategy={strategy}",
+        "trainer.max_steps=8",
+        "scheduler.warmup_steps=1",
+        "trainer.checkpoint_every=0",
+        f"out_dir={run_dir}",
+    ]
+    result = subprocess.run(
+        torchrun_command(overrides),
+        cwd=ROOT,
+        env=env(**{INJECT_ENV: "4:1"}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    check(result)
+    events = [r for r in records(run_dir) if "event" in r]
+    assert [(e["step"], e["event"], e["skipped"]) for e in events] == [(5, "nonfinite_grad_norm", True)]
+    losses = train_losses(run_dir)
+    assert sorted(losses) == list(range(1, 9)) and all(loss == loss for loss in losses.values())
+
+
+def test_sigterm_to_one_rank_stops_all_with_a_checkpoint_and_the_rerun_resumes(tmp_path: Path) -> None:
+    common = [
+        *TINY_RUN,
+        "strategy=ddp",
+        "trainer.max_steps=30",
+        "scheduler.warmup_steps=1",
+        "trainer.checkpoint_every=100",
+    ]
+    straight = tmp_path / "straight"
+    check(torchrun([*common, f"out_dir={straight}"], timeout=300))
+
+    run_dir = tmp_path / "preempted"
+    launcher = subprocess.Popen(
+        torchrun_command([*common, f"out_dir={run_dir}"]),
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    metrics = run_dir / "metrics.jsonl"
+    while launcher.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < 10):
+        time.sleep(0.01)
+    workers = subprocess.run(
+        ["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True
+    ).stdout.split()
+    assert len(workers) == 2
+    subprocess.run(["kill", f"-{signal.SIGUSR1.value}", workers[-1]], check=True)  # one rank only
+    launcher.wait(timeout=120)
+    assert launcher.returncode != 0  # torchrun reports the workers' exit code 75 as a failure
+    assert len(list((run_dir / "checkpoints").glob("step_*"))) == 1
+
+    check(torchrun([*common, f"out_dir={run_dir}"], timeout=300))
+    expected, got = train_losses(straight), train_losses(run_dir)
+    assert sorted(got) == list(range(1, 31))
+    assert max(abs(got[s] - expected[s]) for s in expected) == 0.0  # same curve, bit for bit on CPU
