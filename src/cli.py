@@ -6,9 +6,10 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from gptforge.errors import GptforgeError
+from gptforge.errors import ConfigError, GptforgeError
 
 DEBUG_ENV = "GPTFORGE_DEBUG"
 
@@ -34,6 +35,10 @@ def one_line(err: BaseException) -> str:
     """A single line that names the culprit: our own errors as written, Hydra/OmegaConf errors condensed."""
     if isinstance(err, GptforgeError):
         return " ".join(str(err).split())
+    from hydra.errors import MissingConfigException
+
+    if isinstance(err, MissingConfigException):  # the search path that follows is Hydra's, not the user's
+        return " ".join(str(err).split("\nConfig search path")[0].split())
     cause = _omegaconf_cause(err)
     if cause is not None:
         key = getattr(cause, "full_key", None)
@@ -57,6 +62,26 @@ def _is_user_error(err: BaseException) -> bool:
     from hydra.errors import HydraException
 
     return isinstance(err, GptforgeError | HydraException) or _omegaconf_cause(err) is not None
+
+
+def _run_dir_error(err: BaseException) -> ConfigError | None:
+    """Hydra creates out_dir (and writes .hydra/ there) before any of our code runs: an OSError there
+    is a bad out_dir, told as one."""
+    if not isinstance(err, OSError) or err.filename is None:
+        return None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # no Hydra job was set up
+        return None
+    failed = Path(os.fsdecode(err.filename)).absolute()
+    if failed != run_dir and failed not in run_dir.parents and not failed.is_relative_to(run_dir):
+        return None
+    return ConfigError(
+        f"out_dir={run_dir} cannot be written ({err.strerror}: {failed}); "
+        "set out_dir to a directory this user can create and write"
+    )
 
 
 def _exit_with(err: BaseException) -> None:
@@ -92,6 +117,9 @@ def run_cli(main: Callable[[], object], argv: list[str] | None = None) -> None:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as err:
+        run_dir_error = _run_dir_error(err)
+        if run_dir_error is not None:
+            _exit_with(run_dir_error)
         if not _is_user_error(err):
             raise
         _exit_with(err)

@@ -124,7 +124,7 @@ class TokenizerConfig:
         _positive("tokenizer.vocab_size", self.vocab_size)
 
 
-DATA_SOURCES = ("text_file", "local", "hf_hub", "memmap", "mixture")
+DATA_SOURCES = ("text_file", "local", "hf_hub", "memmap", "mixture", "sft")
 TEXT_FORMATS = ("auto", "text", "json", "parquet")
 TEXT_UNITS = ("document", "paragraph", "line")
 ENCODING_ERRORS = ("strict", "replace")
@@ -159,6 +159,8 @@ class DataConfig:
     val_split: str | None = None  # hf_hub: split to validate on; None: val_fraction of the documents
     text_format: str = "auto"  # auto (by file extension), text, json (JSON Lines) or parquet
     text_field: str = "text"  # json/parquet/hub: the column holding each document's text
+    prompt_field: str = "prompt"  # sft: the field holding each example's prompt (context, no loss)
+    response_field: str = "response"  # sft: the field holding its response (learned, then EOS)
     text_unit: str = "document"  # .txt files: one document per file, paragraph (blank-line separated) or line
     encoding_errors: str = "strict"  # strict: non-UTF-8 text is an error; replace: decode it with U+FFFD
     shuffle_blocks: int = 1024  # blocks (sequences) shuffled together per stream; 0: no shuffling
@@ -177,6 +179,12 @@ class DataConfig:
         _positive("data.num_workers", self.num_workers, allow_zero=True)
         _positive("data.shuffle_blocks", self.shuffle_blocks, allow_zero=True)
         _positive("data.tokenize_batch", self.tokenize_batch)
+        if self.source == "sft" and self.text_format == "text":
+            raise ConfigError("data.text_format=text is not valid with data=sft; use auto, json or parquet")
+        if self.prompt_field == self.response_field:
+            raise ConfigError(
+                f"data.prompt_field and data.response_field are both {self.prompt_field!r}; name two fields"
+            )
 
 
 @dataclass

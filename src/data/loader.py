@@ -17,9 +17,23 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from gptforge.data.stream import BlockStream, StreamSpec
 from gptforge.errors import DataError
 
+IGNORE_INDEX = -100  # a target the model's cross-entropy skips (gptforge.models.gpt)
+
 
 def _as_is(batch):
     return batch
+
+
+def inputs_and_targets(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets (B, T) from blocks (B, T+1), or (B, 2, T+1) with loss flags (data=sft).
+
+    A target whose token is not learned (a prompt token) becomes IGNORE_INDEX: the flag travels with the
+    token, so it stays right at block boundaries.
+    """
+    if blocks.dim() == 2:
+        return blocks[:, :-1], blocks[:, 1:]
+    ids, learned = blocks[:, 0], blocks[:, 1]
+    return ids[:, :-1], ids[:, 1:].masked_fill(learned[:, 1:] == 0, IGNORE_INDEX)
 
 
 class _RankStreams(IterableDataset):
@@ -95,8 +109,7 @@ class StreamingLoader:
             raise DataError(message.removeprefix("gptforge.errors.DataError: ")) from None
         self._states[stream] = state
         self._next_stream = (stream + 1) % len(self._states)
-        # (B, T+1) -> inputs and targets shifted by one, (B, T) each
-        return blocks[:, :-1], blocks[:, 1:]
+        return inputs_and_targets(blocks)
 
     def state_dict(self) -> dict:
         return {

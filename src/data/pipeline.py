@@ -11,16 +11,17 @@ import torch
 
 from gptforge.config import DataConfig, TokenizerConfig
 from gptforge.data.corpus import load_corpus, to_token_array
-from gptforge.data.loader import StreamingLoader
+from gptforge.data.loader import StreamingLoader, inputs_and_targets
 from gptforge.data.memmap import open_shards, read_metadata, saved_tokenizer, split_tail
+from gptforge.data.sft import open_examples
 from gptforge.data.sources import DocumentSource, open_hub, open_local
-from gptforge.data.stream import BlockStream, StreamSpec
+from gptforge.data.stream import BlockStream, StreamSpec, is_blank
 from gptforge.data.tokenizers import Tokenizer, build_tokenizer
 from gptforge.data.windows import RandomWindowLoader
 from gptforge.errors import DataError
 
 ValBatches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
-STREAMING = ("local", "hf_hub", "mixture")
+STREAMING = ("local", "hf_hub", "mixture", "sft")
 
 
 @dataclass
@@ -44,6 +45,9 @@ def open_sources(cfg: DataConfig, val: bool = False) -> tuple[list[DocumentSourc
     """The document sources of the training set (or of the separate validation set) and their weights."""
 
     def local(path: str, key: str) -> DocumentSource:
+        if cfg.source == "sft":
+            fields = (cfg.prompt_field, cfg.response_field)
+            return open_examples(path, cfg.text_format, *fields, cfg.encoding_errors, key)
         return open_local(path, cfg.text_format, cfg.text_field, cfg.text_unit, cfg.encoding_errors, key)
 
     if cfg.source == "hf_hub":
@@ -71,7 +75,8 @@ def _all_texts(cfg: DataConfig) -> Iterator[str]:
     sources = open_sources(cfg)[0] + (open_sources(cfg, val=True)[0] if _separate_val(cfg) else [])
     for source in sources:
         for unit in range(source.n_units):
-            yield from source.documents(unit)
+            for document in source.documents(unit):
+                yield document if isinstance(document, str) else "".join(document)  # prompt + response
 
 
 def build_data_tokenizer(cfg: DataConfig, tokenizer_cfg: TokenizerConfig) -> Tokenizer:
@@ -128,6 +133,13 @@ def _window_loader(arrays: list[np.ndarray], layout: BatchLayout, sequential: bo
 def _window_val(arrays: list[np.ndarray] | None, layout: BatchLayout) -> ValBatches | None:
     if not arrays:
         return None
+    longest = max(len(a) for a in arrays)
+    if longest < layout.block_size + 2:  # found now, not at the first evaluation mid-run
+        raise DataError(
+            f"the validation data has {longest} tokens, too few for one window of model.block_size="
+            f"{layout.block_size} (it needs {layout.block_size + 2}); raise data.val_fraction, give "
+            "data.val_path more text or lower model.block_size"
+        )
 
     def make_val_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         b, t = layout.micro_batch_size, layout.block_size
@@ -178,7 +190,7 @@ def _check_first_shard(source: DocumentSource) -> None:
     documents = source.documents(0)
     try:
         for text in documents:
-            if text.strip():
+            if not is_blank(text):
                 return
     finally:
         documents.close()
@@ -194,6 +206,6 @@ def _stream_val(spec: StreamSpec, layout: BatchLayout) -> ValBatches:
             for _ in range(layout.eval_batches):
                 blocks = np.stack([stream.next_block() for _ in range(layout.micro_batch_size)])
                 batches.append(torch.from_numpy(blocks.astype(np.int64)))
-        return ((b[:, :-1], b[:, 1:]) for b in batches)
+        return (inputs_and_targets(b) for b in batches)
 
     return make_val_batches

@@ -73,8 +73,8 @@ class DocumentSource:
     def unit_name(self, unit: int) -> str:
         return str(self.files[unit]) if self.files else f"{self.label} shard {unit}"
 
-    def documents(self, unit: int, skip: int = 0) -> Iterator[str]:
-        """The texts of shard `unit` from its `skip`-th document on; None or missing text reads as ''."""
+    def batches(self, unit: int, skip: int = 0) -> Iterator[dict[str, list]]:
+        """Column batches of shard `unit` from its `skip`-th row on; a read failure is one DataError."""
         shard = self.dataset.shard(num_shards=self.n_units, index=unit)
         if skip:
             shard = shard.skip(skip)
@@ -89,6 +89,11 @@ class DocumentSource:
                 raise
             except Exception as err:
                 raise self._diagnose(unit, err) from None
+            yield batch
+
+    def documents(self, unit: int, skip: int = 0) -> Iterator[str]:
+        """The texts of shard `unit` from its `skip`-th document on; None or missing text reads as ''."""
+        for batch in self.batches(unit, skip):
             texts = batch.get(self.text_field, _MISSING)
             if texts is _MISSING:
                 fields = ", ".join(batch) or "none"

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
-from gptforge.data.packing import Packer
+from gptforge.data.packing import ExamplePacker, Packer
+from gptforge.data.sft import Example, ExampleSource, encode_examples
 from gptforge.data.sources import DocumentSource
 from gptforge.data.tokenizers import Tokenizer
 from gptforge.errors import DataError
@@ -37,6 +39,11 @@ class StreamSpec:
 def held_out(unit: int, doc: int, fraction: float) -> bool:
     """Whether document `doc` of shard `unit` belongs to validation: a fixed hash, the same on every rank."""
     return ((unit * 1_000_003 + doc) * 2_654_435_761) % 2**32 < fraction * 2**32
+
+
+def is_blank(document: str | Example) -> bool:
+    """Whether a document is empty and skipped; an example never is (its source rejects an empty response)."""
+    return isinstance(document, str) and not document.strip()
 
 
 class DocumentReader:
@@ -98,9 +105,9 @@ class DocumentReader:
             self.epoch, self.unit_pos, self._kept_in_epoch, self._whole_epoch = self.epoch + 1, 0, 0, True
             self._units = self._epoch_units(self.epoch)
 
-    def read(self, count: int) -> list[str]:
+    def read(self, count: int) -> list[str] | list[Example]:
         """Up to `count` of this stream's non-empty documents (fewer only where a shard ends)."""
-        texts: list[str] = []
+        texts: list = []
         while not texts:
             if self._texts is None:
                 self._open_unit()
@@ -108,7 +115,7 @@ class DocumentReader:
             for text in self._texts:
                 doc = self.doc
                 self.doc += 1
-                if not text.strip():
+                if is_blank(text):
                     continue
                 self._nonempty_in_unit += 1
                 if self._keep(unit, doc):
@@ -130,7 +137,12 @@ class SourceBlocks:
         state = state or {"position": [0, 0, 0], "carry": [], "chunk": 0, "emitted": 0}
         self.spec, self.source_index, self.stream_id = spec, source_index, stream_id
         self.reader = DocumentReader(spec, source_index, stream_id, n_streams, list(state["position"]))
-        self.packer = Packer(spec.block_len, spec.tokenizer.eos_id, state["carry"])
+        # prompt/response examples pack with a loss flag per token; documents are learned whole
+        examples = isinstance(self.reader.source, ExampleSource)
+        self.packer = (ExamplePacker if examples else Packer)(
+            spec.block_len, spec.tokenizer.eos_id, state["carry"]
+        )
+        self.encode = partial(encode_examples, spec.tokenizer) if examples else spec.tokenizer.encode_batch
         self.chunk = state["chunk"]
         self.emitted = state["emitted"]
         self._start = {"position": list(state["position"]), "carry": list(state["carry"])}
@@ -141,7 +153,7 @@ class SourceBlocks:
         pieces, n_blocks = [], 0
         while n_blocks < max(self.spec.shuffle_blocks, 1):
             texts = self.reader.read(self.spec.tokenize_batch)
-            blocks = self.packer.add(self.spec.tokenizer.encode_batch(texts))
+            blocks = self.packer.add(self.encode(texts))
             pieces.append(blocks)
             n_blocks += len(blocks)
         blocks = np.concatenate(pieces)
@@ -185,7 +197,7 @@ class BlockStream:
         return int(self._page[1][self.drawn % MIXTURE_PAGE])
 
     def next_block(self) -> np.ndarray:
-        """The next block, shape (T+1,), int32."""
+        """The next block, shape (T+1,), int32; (2, T+1) with loss flags for prompt/response examples."""
         block = self.sources[self._choose()].next_block()
         self.drawn += 1
         return block

@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from gptforge.errors import DataError
+
 
 class RandomWindowLoader:
     """Yields this rank's (input_ids, targets) micro-batches of windows of T+1 tokens.
@@ -35,7 +37,10 @@ class RandomWindowLoader:
             longest = max(
                 (len(a) for a in ([tokens] if isinstance(tokens, np.ndarray) else tokens)), default=0
             )
-            raise ValueError(f"{longest} tokens are too few for windows of block_size={block_size}")
+            raise DataError(
+                f"the data has {longest} tokens, too few for one window of model.block_size={block_size} "
+                f"(it needs {block_size + 2}); lower model.block_size or give more text"
+            )
         self.arrays = arrays
         self.block_size = block_size
         self.micro_batch_size = micro_batch_size

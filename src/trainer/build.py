@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from safetensors import SafetensorError, safe_open
 
-from gptforge.config import Config
-from gptforge.data import BatchLayout, Tokenizer, build_data, build_data_tokenizer, load_tokenizer
-from gptforge.errors import ConfigError
+from gptforge.config import Config, TokenizerConfig
+from gptforge.data import (
+    BatchLayout,
+    Tokenizer,
+    build_data,
+    build_data_tokenizer,
+    build_tokenizer,
+    load_tokenizer,
+)
+from gptforge.data.tokenizers import TOKENIZER_FILE
+from gptforge.errors import CheckpointError, ConfigError
 from gptforge.models import GPT
 from gptforge.models.lora import apply_lora
 from gptforge.trainer.loop import Trainer
+from gptforge.trainer.pretrained import HF_PREFIX
+from gptforge.trainer.resume import holds_a_run, resume_point, set_aside
 from gptforge.trainer.strategies import Strategy, build_strategy
-from gptforge.trainer.strategies.consolidated import load_initial_weights
+from gptforge.trainer.strategies.consolidated import load_initial_weights, resolve_checkpoint
 
 
 def seed_everything(seed: int) -> None:
@@ -53,32 +63,80 @@ def resolve_vocab_size(requested: int | None, tokenizer_vocab: int, multiple: in
 
 
 def prepare_run_dir(cfg: Config, run_dir: Path, is_main: bool) -> None:
-    """Refuse to start over on an earlier run unless asked; then set its checkpoints aside, never delete."""
-    checkpoints = run_dir / "checkpoints"
-    if cfg.trainer.resume != "never" or not checkpoints.exists() or not any(checkpoints.iterdir()):
+    """Refuse to start over on an earlier run unless asked; then set its files aside, never delete."""
+    if cfg.trainer.resume != "never" or not holds_a_run(run_dir):
         return
     if not cfg.trainer.overwrite:
         raise ConfigError(
-            f"out_dir {run_dir} holds checkpoints of an earlier run and trainer.resume=never; "
-            "pass trainer.overwrite=true to start over (they are moved aside, not deleted) "
+            f"out_dir {run_dir} holds an earlier run and trainer.resume=never; "
+            "pass trainer.overwrite=true to start over (its files are moved aside, not deleted) "
             "or use a new out_dir"
         )
     if is_main:
-        aside = run_dir / f"checkpoints.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-        checkpoints.rename(aside)
-        print(f"gptforge: moved earlier checkpoints to {aside}", flush=True)
+        metrics_file = cfg.logger.jsonl.filename if cfg.logger.jsonl else "metrics.jsonl"
+        moved = set_aside(run_dir, metrics_file)
+        print(f"gptforge: moved the earlier run aside: {', '.join(p.name for p in moved)}", flush=True)
 
 
 def prepare_tokenizer(cfg: Config, run_dir: Path) -> Tokenizer:
     """The run's tokenizer: the one saved in the run directory (so resumes decode alike), else a new one."""
     if (run_dir / "tokenizer_meta.json").exists() and cfg.trainer.resume != "never":
         return load_tokenizer(run_dir)
+    if cfg.data.source == "sft":
+        return pretrained_tokenizer(cfg.trainer.init_from, cfg.tokenizer)
     return build_data_tokenizer(cfg.data, cfg.tokenizer)
+
+
+def check_fine_tuning(cfg: Config) -> None:
+    """data=sft adapts pretrained weights: without `trainer.init_from` it would fine-tune noise."""
+    if cfg.data.source == "sft" and not cfg.trainer.init_from:
+        raise ConfigError(
+            "data=sft fine-tunes a pretrained model but trainer.init_from is not set; set "
+            "trainer.init_from=<checkpoint> (a checkpoint or run directory, a .safetensors file or hf:<dir>)"
+        )
+
+
+def pretrained_tokenizer(init_from: str, tokenizer_cfg: TokenizerConfig) -> Tokenizer:
+    """The tokenizer saved with the `trainer.init_from` weights, so that fine-tuning encodes as they were
+    trained; the configured one where none was saved beside them (not possible for `char`)."""
+    path = Path(init_from.removeprefix(HF_PREFIX))
+    if not path.exists():
+        raise CheckpointError(f"trainer.init_from={init_from} does not exist")
+    if path.is_file():  # beside the file, or in the checkpoint it was consolidated from
+        places = [path.parent, *_consolidated_from(path)]
+    else:
+        places = [path if init_from.startswith(HF_PREFIX) else resolve_checkpoint(path)]
+    directory = next((place for place in places if (place / TOKENIZER_FILE).is_file()), None)
+    if directory is not None:
+        tokenizer = load_tokenizer(directory)
+        if tokenizer.name != tokenizer_cfg.name:
+            raise ConfigError(
+                f"trainer.init_from={init_from} was trained with tokenizer={tokenizer.name}, "
+                f"not tokenizer={tokenizer_cfg.name}; set tokenizer={tokenizer.name}"
+            )
+        return tokenizer
+    if tokenizer_cfg.name == "char":
+        raise ConfigError(
+            f"trainer.init_from={init_from} has no {TOKENIZER_FILE} beside it and tokenizer=char cannot be "
+            "rebuilt without its alphabet; give the checkpoint directory instead"
+        )
+    return build_tokenizer(tokenizer_cfg)
+
+
+def _consolidated_from(path: Path) -> list[Path]:
+    """The checkpoint directory a consolidated .safetensors file was made from, if its metadata says."""
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            source = (weights.metadata() or {}).get("source")
+        return [Path(source)] if source else []
+    except SafetensorError as err:
+        raise CheckpointError(f"trainer.init_from={path} is not a safetensors file: {err}") from None
 
 
 def build_trainer(cfg: Config, run_dir: Path, strategy: Strategy | None = None) -> Trainer:
     """Tokenizer, data, model and strategy for `cfg`, wired into a Trainer writing to `run_dir`."""
     tcfg = cfg.trainer
+    check_fine_tuning(cfg)
     strategy = strategy or build_strategy(cfg.strategy, tcfg)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
@@ -89,11 +147,8 @@ def build_trainer(cfg: Config, run_dir: Path, strategy: Strategy | None = None) 
     tokenizer = prepare_tokenizer(cfg, run_dir)
     vocab_size = resolve_vocab_size(cfg.model.vocab_size, tokenizer.vocab_size, cfg.model.vocab_multiple)
     cfg = replace(cfg, model=replace(cfg.model, vocab_size=vocab_size))
-    if strategy.is_main:
-        tokenizer.save(run_dir)
-        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
-
     accum = grad_accum_steps(tcfg.micro_batch_size, tcfg.global_batch_size, strategy.world_size)
+    resume_from = resume_point(cfg, run_dir, strategy.world_size, strategy.is_main)
     layout = BatchLayout(
         cfg.model.block_size,
         tcfg.micro_batch_size,
@@ -113,7 +168,13 @@ def build_trainer(cfg: Config, run_dir: Path, strategy: Strategy | None = None) 
     flops_per_token = model.flops_per_token()
     strategy.setup(model, cfg.optim, compile=tcfg.compile)
     seed_everything(cfg.seed + strategy.rank)  # dropout differs across ranks, as it should
-    return Trainer(cfg, run_dir, strategy, tokenizer, train_loader, make_val_batches, accum, flops_per_token)
+    strategy.barrier()  # every rank has read the run directory: now it may change
+    if strategy.is_main:  # only now: a start refused above leaves the run directory as it was
+        tokenizer.save(run_dir)
+        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
+    return Trainer(
+        cfg, run_dir, strategy, tokenizer, train_loader, make_val_batches, accum, flops_per_token, resume_from
+    )
 
 
 def train(cfg: Config, run_dir: Path | None = None) -> dict:

@@ -4,6 +4,10 @@ Layout of `checkpoints/step_<N>/`: the strategy's model and optimizer files, `tr
 (step, tokens seen, world size), `rank_<r>.pt` (RNG states and data position of each rank), the
 resolved `config.yaml`, the tokenizer, and `manifest.json` (every file's size and sha256) written
 last as the commit marker. `latest` names the newest committed checkpoint.
+
+A SIGKILL at any moment leaves either the previous state or the new one: a save is published by one
+rename, `latest` moves after it, and pruning renames a directory out of `step_<N>` before deleting it,
+so no half-written or half-deleted directory is ever named like a checkpoint.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +29,7 @@ MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
 LATEST = "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_PRUNED_PREFIX = ".pruned-"  # a checkpoint being deleted: out of the step_<N> namespace first
 
 
 def _sha256(path: Path) -> str:
@@ -66,16 +72,17 @@ def verify(directory: Path) -> str | None:
     if not manifest_path.is_file():
         return "no manifest (the save did not finish)"
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError:
-        return "manifest is not valid JSON"
-    for name, entry in manifest["files"].items():
+        files = json.loads(manifest_path.read_text())["files"]
+        entries = [(name, int(entry["size"]), str(entry["sha256"])) for name, entry in files.items()]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "manifest is not valid"
+    for name, size, sha256 in entries:
         path = directory / name
         if not path.is_file():
             return f"{name} is missing"
-        if path.stat().st_size != entry["size"]:
-            return f"{name} has {path.stat().st_size} bytes, the manifest says {entry['size']}"
-        if _sha256(path) != entry["sha256"]:
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {size}"
+        if _sha256(path) != sha256:
             return f"{name} does not match its checksum"
     return None
 
@@ -141,6 +148,8 @@ class Checkpointer:
         if self.is_main:
             if tmp.exists():
                 shutil.rmtree(tmp)  # a partial save from a crashed run: never committed, safe to drop
+            for pruned in self.root.glob(f"{_PRUNED_PREFIX}*") if self.root.is_dir() else []:
+                shutil.rmtree(pruned)  # a prune cut short by a crash: the run already let it go
             tmp.mkdir(parents=True)
         self.barrier()
         failure = _attempt(lambda: (write_shards(tmp), self.is_main and write_main(tmp)))
@@ -170,17 +179,22 @@ class Checkpointer:
             _fsync(path)
             files[str(path.relative_to(tmp))] = {"size": path.stat().st_size, "sha256": _sha256(path)}
         _write_atomic(tmp / MANIFEST, json.dumps({"files": files}, indent=1))
-        if final.exists():
+        _fsync(tmp)
+        if final.exists() and verify(final) is None:
             # the same step saved again (e.g. a resume right after a save): the committed copy stays
             shutil.rmtree(tmp)
         else:
+            if final.exists():  # a damaged copy of this step that the run resumed around: keep it aside
+                os.replace(final, final.with_name(f"{final.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"))
             os.replace(tmp, final)
         _fsync(self.root)
         _write_atomic(self.root / LATEST, final.name + "\n")
 
     def _prune(self) -> None:
         for old in self.step_dirs()[self.keep_last :]:
-            shutil.rmtree(old)
+            doomed = old.with_name(_PRUNED_PREFIX + old.name)
+            os.replace(old, doomed)
+            shutil.rmtree(doomed)
 
 
 def save_rank_state(directory: Path, rank: int, state: dict) -> None:
@@ -192,6 +206,22 @@ def load_rank_state(directory: Path, rank: int) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{directory} has no state for rank {rank}; it was saved with fewer ranks")
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def reseed_rng(seed: int, rank: int, step: int) -> None:
+    """Fresh RNG streams for `rank` from step `step` on, for a resume under another world size.
+
+    The saved per-rank RNG states belong to the old ranks; dropout only needs streams that differ
+    across ranks and are the same on every such resume.
+    """
+    import random
+
+    import numpy as np
+
+    (derived,) = np.random.SeedSequence([seed, rank, step]).generate_state(1)
+    random.seed(int(derived))
+    np.random.seed(int(derived))
+    torch.manual_seed(int(derived))
 
 
 def write_trainer_state(directory: Path, state: dict) -> None:
@@ -224,49 +254,3 @@ def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# keys that may differ between the run that saved a checkpoint and the one resuming it
-_RESUME_FREE_KEYS = ("out_dir", "name", "debug", "dry_run", "trainer.resume", "trainer.overwrite")
-# keys whose change makes the saved weights unusable: other shapes or another vocabulary
-_SHAPE_KEYS = ("flavour", "vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd")
-_RESUME_FIXED_PREFIXES = (
-    "tokenizer.",
-    "model.lora.",
-    *(f"model.{key}:" for key in (*_SHAPE_KEYS, "intermediate_size", "bias", "tie_embeddings")),
-)
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    flat: dict[str, object] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def config_changes(saved: dict, current: dict) -> list[str]:
-    """`key: old -> new` for every config value that differs, except keys meant to change on resume."""
-    old, new = _flatten(saved), _flatten(current)
-    return [
-        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
-        for key in sorted(old.keys() | new.keys())
-        if old.get(key) != new.get(key) and key not in _RESUME_FREE_KEYS
-    ]
-
-
-def check_resumable(directory: Path, current: dict) -> list[str]:
-    """Config changes since `directory` was saved; CheckpointError if the model or tokenizer changed."""
-    from omegaconf import OmegaConf
-
-    saved = OmegaConf.to_container(OmegaConf.load(directory / "config.yaml"))
-    changes = config_changes(saved, current)
-    fixed = [change for change in changes if change.startswith(_RESUME_FIXED_PREFIXES)]
-    if fixed:
-        raise CheckpointError(
-            f"checkpoint {directory} is from another model or tokenizer ({'; '.join(fixed)}); "
-            "resume with the saved model config, use trainer.init_from for new shapes, or a new out_dir"
-        )
-    return changes

@@ -24,6 +24,7 @@ from gptforge.trainer.loggers import Loggers, build_loggers, check_logger_packag
 from gptforge.trainer.metrics import ThroughputMeter, peak_flops_per_sec
 from gptforge.trainer.pretrained import save_lora_adapters
 from gptforge.trainer.profiler import StepProfiler
+from gptforge.trainer.resume import config_hash
 from gptforge.trainer.schedules import LRSchedule
 from gptforge.trainer.strategies import Strategy
 from gptforge.trainer.summary import RunSummary, describe_run
@@ -42,6 +43,7 @@ class Trainer:
         make_val_batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None,
         grad_accum_steps: int,
         flops_per_token: int,
+        resume_from: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.tcfg = cfg.trainer
@@ -51,6 +53,7 @@ class Trainer:
         self.train_loader = train_loader
         self.make_val_batches = make_val_batches
         self.grad_accum_steps = grad_accum_steps
+        self.resume_from = resume_from  # found and checked by gptforge.trainer.resume before the build
         self.schedule = LRSchedule(cfg.scheduler, cfg.optim.lr, self.tcfg.max_steps)
         self.checkpointer = ckpt.Checkpointer(
             run_dir / "checkpoints",
@@ -183,10 +186,13 @@ class Trainer:
                     save_lora_adapters(state, directory, self.cfg.model.lora)
 
         def write_main(directory: Path) -> None:
+            config = OmegaConf.to_container(OmegaConf.structured(self.cfg))
             state = {
                 "step": self.step,
                 "tokens_seen": self.tokens_seen,
                 "world_size": self.strategy.world_size,
+                "global_batch_size": self.train_loader.global_batch_size,
+                "config_hash": config_hash(config, self.strategy.world_size),
             }
             ckpt.write_trainer_state(directory, state)
             OmegaConf.save(OmegaConf.structured(self.cfg), directory / "config.yaml")
@@ -195,21 +201,21 @@ class Trainer:
         self.checkpointer.save(self.step, write_shards, write_main)
 
     def resume(self) -> None:
-        """Continue from the newest valid checkpoint when `trainer.resume=auto` finds one."""
-        if self.tcfg.resume == "never":
-            return
-        directory = self.checkpointer.latest_valid()
+        """Continue from `resume_from`, the checkpoint `trainer.resume=auto` found (None: start fresh)."""
+        directory = self.resume_from
         if directory is None:
             return
-        changes = ckpt.check_resumable(directory, OmegaConf.to_container(OmegaConf.structured(self.cfg)))
-        if changes and self.strategy.is_main:
-            print(f"gptforge: config changed since {directory.name}: {'; '.join(changes)}", flush=True)
         self.strategy.load(directory)
         state = ckpt.read_trainer_state(directory)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-        rank_state = ckpt.load_rank_state(directory, self.strategy.rank)
+        same_ranks = state.get("world_size", 1) == self.strategy.world_size
+        # another world size only resumes data whose position is the same on every rank (checked before)
+        rank_state = ckpt.load_rank_state(directory, self.strategy.rank if same_ranks else 0)
         self.train_loader.load_state_dict(rank_state["data"])
-        ckpt.restore_rng(rank_state["rng"])
+        if same_ranks:
+            ckpt.restore_rng(rank_state["rng"])
+        else:
+            ckpt.reseed_rng(self.cfg.seed, self.strategy.rank, self.step)
         if self.strategy.is_main:
             print(f"gptforge: resumed from {directory} at step {self.step}", flush=True)
 

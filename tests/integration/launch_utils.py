@@ -39,14 +39,17 @@ def env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
 
 
-def torchrun(overrides: list[str], nproc: int = 2, timeout: float = 180) -> subprocess.CompletedProcess:
-    """`python -m torch.distributed.run --nproc_per_node=N scripts/train.py <overrides>`, output captured."""
+def torchrun(
+    overrides: list[str], nproc: int = 2, timeout: float = 180, launcher_flags: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """`python -m torch.distributed.run --nproc_per_node=N <flags> scripts/train.py <overrides>`, captured."""
     return subprocess.run(
         [
             sys.executable,
             "-m",
             "torch.distributed.run",
             f"--nproc_per_node={nproc}",
+            *launcher_flags,
             "--master_addr=127.0.0.1",
             f"--master_port={free_port()}",
             str(TRAIN),

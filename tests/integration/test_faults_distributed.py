@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -16,12 +17,25 @@ from gptforge.trainer.faults import INJECT_ENV
 pytestmark = pytest.mark.multiprocess
 
 
-def torchrun_command(overrides: list[str]) -> list[str]:
+# 30 DDP steps; checkpoint frequency differs per test, which leaves the losses as they are
+DDP_RUN = [*TINY_RUN, "strategy=ddp", "trainer.max_steps=30", "scheduler.warmup_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def straight_losses(tmp_path_factory) -> dict[int, float]:
+    """The losses of an uninterrupted 2-rank DDP_RUN: what every interrupted run must end on."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    check(torchrun([*DDP_RUN, "trainer.checkpoint_every=100", f"out_dir={run_dir}"], timeout=300))
+    return train_losses(run_dir)
+
+
+def torchrun_command(overrides: list[str], *launcher_flags: str) -> list[str]:
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
+        *launcher_flags,
         "--master_addr=127.0.0.1",
         f"--master_port={free_port()}",
         str(TRAIN),
@@ -55,17 +69,10 @@ def test_inf_on_one_rank_skips_the_step_on_every_rank(tmp_path: Path, strategy: 
     assert sorted(losses) == list(range(1, 9)) and all(loss == loss for loss in losses.values())
 
 
-def test_sigterm_to_one_rank_stops_all_with_a_checkpoint_and_the_rerun_resumes(tmp_path: Path) -> None:
-    common = [
-        *TINY_RUN,
-        "strategy=ddp",
-        "trainer.max_steps=30",
-        "scheduler.warmup_steps=1",
-        "trainer.checkpoint_every=100",
-    ]
-    straight = tmp_path / "straight"
-    check(torchrun([*common, f"out_dir={straight}"], timeout=300))
-
+def test_sigterm_to_one_rank_stops_all_with_a_checkpoint_and_the_rerun_resumes(
+    tmp_path: Path, straight_losses: dict[int, float]
+) -> None:
+    common = [*DDP_RUN, "trainer.checkpoint_every=100"]
     run_dir = tmp_path / "preempted"
     launcher = subprocess.Popen(
         torchrun_command([*common, f"out_dir={run_dir}"]),
@@ -87,6 +94,44 @@ def test_sigterm_to_one_rank_stops_all_with_a_checkpoint_and_the_rerun_resumes(t
     assert len(list((run_dir / "checkpoints").glob("step_*"))) == 1
 
     check(torchrun([*common, f"out_dir={run_dir}"], timeout=300))
-    expected, got = train_losses(straight), train_losses(run_dir)
+    got = train_losses(run_dir)
     assert sorted(got) == list(range(1, 31))
-    assert max(abs(got[s] - expected[s]) for s in expected) == 0.0  # same curve, bit for bit on CPU
+    assert got == straight_losses  # same curve, bit for bit on CPU
+
+
+def worker_of_rank(launcher_pid: int, rank: int) -> int:
+    """The pid of torchrun's worker process with RANK=`rank`."""
+    workers = subprocess.run(
+        ["pgrep", "-P", str(launcher_pid)], capture_output=True, text=True
+    ).stdout.split()
+    for pid in workers:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in environ:
+            return int(pid)
+    raise AssertionError(f"no worker with RANK={rank} among {workers}")
+
+
+def test_sigkill_of_a_worker_under_max_restarts_resumes_to_the_same_losses(
+    tmp_path: Path, straight_losses: dict[int, float]
+) -> None:
+    run_dir = tmp_path / "killed"
+    launcher = subprocess.Popen(
+        torchrun_command([*DDP_RUN, "trainer.checkpoint_every=4", f"out_dir={run_dir}"], "--max-restarts=1"),
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = run_dir / "metrics.jsonl"
+    while launcher.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < 10):
+        time.sleep(0.01)
+    os.kill(worker_of_rank(launcher.pid, 0), signal.SIGKILL)  # rank 0: the one that commits checkpoints
+    stdout, stderr = launcher.communicate(timeout=300)
+
+    assert launcher.returncode == 0, stderr[-3000:]  # torchrun restarted the workers once, and they finished
+    resumed = [line for line in stdout.splitlines() if "resumed from" in line]
+    assert len(resumed) == 1 and "/checkpoints/step_" in resumed[0], stdout[-3000:]
+    got = train_losses(run_dir)
+    assert sorted(got) == list(range(1, 31))
+    assert got == straight_losses  # bit for bit on CPU, the steps redone after the restart included

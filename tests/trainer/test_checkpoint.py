@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gptforge.errors import CheckpointError
-from gptforge.trainer.checkpoint import LATEST, Checkpointer, check_resumable, verify
+from gptforge.trainer.checkpoint import LATEST, Checkpointer, verify
 
 
 def save(checkpointer: Checkpointer, step: int, payload: bytes = b"weights") -> Path:
@@ -114,32 +114,32 @@ def test_a_failure_on_another_rank_fails_this_rank_too(checkpointer: Checkpointe
     assert checkpointer.step_dirs() == []
 
 
-def _saved_config(directory: Path, **changes) -> dict:
-    from omegaconf import OmegaConf
-
-    from gptforge.config import Config, ModelConfig, OptimConfig
-
-    config = Config(model=ModelConfig(vocab_size=66), optim=OptimConfig(lr=1e-3))
-    directory.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.structured(config), directory / "config.yaml")
-    current = OmegaConf.to_container(OmegaConf.structured(config))
-    for dotted, value in changes.items():
-        group, key = dotted.split("__")
-        current[group][key] = value
-    return current
+def test_a_damaged_copy_of_the_step_being_saved_is_replaced_and_kept_aside(
+    checkpointer: Checkpointer,
+) -> None:
+    save(checkpointer, 10)
+    damaged = save(checkpointer, 20)
+    (damaged / "model.pt").write_bytes(b"bit rot")
+    assert checkpointer.latest_valid().name == "step_10"  # the run resumes from step 10 ...
+    again = save(checkpointer, 20, payload=b"retrained")  # ... and saves step 20 once more
+    assert verify(again) is None and (again / "model.pt").read_bytes() == b"retrained"
+    assert [p.name.split("-")[0] for p in checkpointer.root.glob("step_20.damaged-*")] == ["step_20.damaged"]
 
 
-def test_resume_reports_changed_hyperparameters(tmp_path: Path) -> None:
-    current = _saved_config(tmp_path, optim__lr=3e-4, trainer__resume="never")
-    assert check_resumable(tmp_path, current) == ["optim.lr: 0.001 -> 0.0003"]
+def test_a_prune_cut_short_never_leaves_a_half_deleted_checkpoint(checkpointer: Checkpointer) -> None:
+    for step in (10, 20):
+        save(checkpointer, step)
+    leftover = checkpointer.root / ".pruned-step_5"  # what a SIGKILL inside the prune's rmtree leaves
+    leftover.mkdir()
+    (leftover / "model.pt").write_bytes(b"half deleted")
+    assert [p.name for p in checkpointer.step_dirs()] == ["step_20", "step_10"]
+    save(checkpointer, 30)
+    assert not leftover.exists()
+    assert [p.name for p in checkpointer.step_dirs()] == ["step_30", "step_20"]
 
 
-def test_resume_refuses_a_checkpoint_of_another_model(tmp_path: Path) -> None:
-    current = _saved_config(tmp_path, model__n_layer=8)
-    with pytest.raises(CheckpointError, match=r"another model or tokenizer \(model\.n_layer: 4 -> 8\)"):
-        check_resumable(tmp_path, current)
-
-
-def test_resume_allows_changes_that_keep_the_weights_usable(tmp_path: Path) -> None:
-    current = _saved_config(tmp_path, model__dropout=0.1)
-    assert check_resumable(tmp_path, current) == ["model.dropout: 0.0 -> 0.1"]
+@pytest.mark.parametrize("manifest", ["{", "[]", '{"files": {"model.pt": {"size": 1}}}'])
+def test_a_mangled_manifest_is_a_damaged_checkpoint(checkpointer: Checkpointer, manifest: str) -> None:
+    path = save(checkpointer, 10)
+    (path / "manifest.json").write_text(manifest)
+    assert verify(path) == "manifest is not valid"

@@ -1,0 +1,230 @@
+"""May this start continue the run in its out_dir? Checked before anything is written there.
+
+A resumed run must be the run that was saved, only longer: a change to what is trained or how (model,
+data, tokenizer, optim, scheduler, seed, batch sizes, ...) stops the start with one line naming the keys,
+while keys that only change how the run is watched, saved or how long it goes are reported and allowed.
+The checkpoint's `config.yaml` names what changed; its `config_hash` (in `trainer_state.json`) says
+in one comparison whether anything that matters did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from fnmatch import fnmatch
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from gptforge.config import Config
+from gptforge.data.pipeline import STREAMING
+from gptforge.data.tokenizers import TOKENIZER_FILE
+from gptforge.errors import ConfigError, LaunchError
+from gptforge.trainer.checkpoint import Checkpointer, read_trainer_state
+
+# keys that name this start rather than the run: where it lives and how it was asked to start
+RUN_KEYS = ("out_dir", "name", "debug", "dry_run", "trainer.resume", "trainer.overwrite")
+# keys that change how long the run goes, how it is watched and saved, or how fast it runs: never what
+# it computes from the saved state (init_from is ignored on resume: the checkpoint wins)
+SAFE_TO_CHANGE = (
+    "trainer.max_steps",
+    "trainer.log_every",
+    "trainer.eval_every",
+    "trainer.eval_batches",
+    "trainer.checkpoint_every",
+    "trainer.keep_last",
+    "trainer.sample_tokens",
+    "trainer.profile*",
+    "trainer.threads",
+    "trainer.compile",
+    "trainer.peak_flops_per_sec",
+    "trainer.init_from",
+    "trainer.nonfinite_policy",
+    "trainer.max_consecutive_skips",
+    "trainer.spike_*",
+    "logger.*",
+    "strategy.timeout_s",
+    "strategy.backend",
+    "strategy.activation_checkpointing",
+    "strategy.reshard_after_forward",
+)
+# strategies that read each other's checkpoints: `single` and `ddp` both write rank 0's plain state dict
+_CHECKPOINT_FORMAT = {"single": "plain", "ddp": "plain", "fsdp": "dcp", "deepspeed": "deepspeed"}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def is_safe_to_change(key: str) -> bool:
+    """Whether `key` may differ between a checkpoint and the run resuming it (with a report)."""
+    return any(fnmatch(key, pattern) for pattern in (*RUN_KEYS, *SAFE_TO_CHANGE))
+
+
+def _comparable(flat: dict[str, object], world_size: int | None) -> dict[str, object]:
+    """Values as they act on training: the global batch in sequences, the strategy by checkpoint format."""
+    values = dict(flat)
+    trainer_global = values.get("trainer.global_batch_size")
+    if world_size is not None and trainer_global is None and "trainer.micro_batch_size" in values:
+        values["trainer.global_batch_size"] = values["trainer.micro_batch_size"] * world_size
+    name = values.get("strategy.name")
+    values["strategy.name"] = _CHECKPOINT_FORMAT.get(name, name)
+    return values
+
+
+def config_hash(config: dict, world_size: int) -> str:
+    """sha256 of the keys a resumed run must share with this one (not those safe to change)."""
+    values = _comparable(_flatten(config), world_size)
+    kept = {key: value for key, value in sorted(values.items()) if not is_safe_to_change(key)}
+    return hashlib.sha256(json.dumps(kept, default=str).encode()).hexdigest()
+
+
+def config_changes(
+    saved: dict, current: dict, saved_world: int | None = None, world: int | None = None
+) -> tuple[list[str], list[str]]:
+    """(`key: old -> new` safe to change, ... not safe) between a saved config and the current one.
+
+    With both world sizes given, the global batch is compared in sequences per step, so `null` on 2 ranks
+    equals 8 on 1 rank when micro_batch_size is 4.
+    """
+    old_raw, new_raw = _flatten(saved), _flatten(current)
+    known = saved_world is not None and world is not None
+    old = _comparable(old_raw, saved_world if known else None)
+    new = _comparable(new_raw, world if known else None)
+    safe, unsafe = [], []
+    for key in sorted(old.keys() | new.keys()):
+        if key in RUN_KEYS:
+            continue
+        if old.get(key) == new.get(key):  # equal in effect, e.g. ddp -> single, or null -> 8 sequences
+            if old_raw.get(key) != new_raw.get(key):
+                safe.append(f"{key}: {old_raw.get(key)!r} -> {new_raw.get(key)!r}")
+            continue
+        change = f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        (safe if is_safe_to_change(key) else unsafe).append(change)
+    return safe, unsafe
+
+
+def _ranks(count: int) -> str:
+    return f"{count} rank" if count == 1 else f"{count} ranks"
+
+
+def check_world_size(
+    directory: Path, saved_world: int, world: int, cfg: Config, saved_global: int | None
+) -> None:
+    """LaunchError unless a checkpoint written by `saved_world` ranks continues exactly on `world` ranks.
+
+    Random-window data (text_file, memmap) draws step s's global batch from (seed, s) alone, and
+    `single`, `ddp` and `fsdp` load model and optimizer on any world size: those resume as long as the
+    global batch stays the same. Streaming data keeps a position per rank and DeepSpeed shards its
+    optimizer per rank: those need the same world size.
+    """
+    if saved_world == world:
+        return
+    current_global = cfg.trainer.global_batch_size or cfg.trainer.micro_batch_size * world
+    if cfg.strategy.name == "deepspeed":
+        reason = "strategy=deepspeed keeps its optimizer state in one shard per rank"
+    elif cfg.data.source in STREAMING:
+        reason = f"data.source={cfg.data.source} keeps a stream position per rank"
+    elif saved_global is not None and saved_global != current_global:
+        reason = (
+            f"its global batch was {saved_global} sequences per step, this run's is {current_global}; "
+            f"trainer.global_batch_size={saved_global} keeps it"
+        )
+    else:
+        return
+    raise LaunchError(
+        f"checkpoint {directory.name} was written by {_ranks(saved_world)}; this run has {world} ({reason}): "
+        f"resume with NPROC={saved_world}, or start a new run from its weights with "
+        f"trainer.init_from={directory} out_dir=<new dir>"
+    )
+
+
+def _refuse(run_dir: Path, unsafe: list[str]) -> ConfigError:
+    return ConfigError(
+        f"out_dir {run_dir} holds a run with another config ({'; '.join(unsafe)}): resume with the original "
+        "config, use a new out_dir, or start over there with trainer.resume=never trainer.overwrite=true "
+        "(the earlier run is moved aside, not deleted)"
+    )
+
+
+def _load_yaml(path: Path) -> dict | None:
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path))
+    except Exception:
+        return None  # a config.yaml cut short by a crash: nothing reliable to compare against
+
+
+def resume_point(cfg: Config, run_dir: Path, world_size: int, is_main: bool) -> Path | None:
+    """The checkpoint this start continues from (None: a fresh start), after checking it may.
+
+    Raises ConfigError for a changed config (naming the keys), LaunchError for a world size the
+    checkpoint cannot continue on, CheckpointError when checkpoints exist but none is valid.
+    """
+    if cfg.trainer.resume == "never":
+        return None
+    checkpointer = Checkpointer(run_dir / "checkpoints", cfg.trainer.keep_last, is_main, lambda: None)
+    directory = checkpointer.latest_valid()
+    current = OmegaConf.to_container(OmegaConf.structured(cfg))
+    if directory is None:  # a run that stopped before its first checkpoint still must not be mixed up
+        saved = _load_yaml(run_dir / "config.yaml")
+        safe, unsafe = config_changes(saved, current) if saved is not None else ([], [])
+    else:
+        state = read_trainer_state(directory)
+        saved_world = state.get("world_size", 1)
+        check_world_size(directory, saved_world, world_size, cfg, state.get("global_batch_size"))
+        if state.get("config_hash") == config_hash(current, world_size):
+            unsafe = []
+            saved = _load_yaml(directory / "config.yaml")
+            safe = config_changes(saved, current, saved_world, world_size)[0] if saved else []
+        else:
+            saved = _load_yaml(directory / "config.yaml") or {}
+            safe, unsafe = config_changes(saved, current, saved_world, world_size)
+    if unsafe:
+        raise _refuse(run_dir, unsafe)
+    if safe and is_main:
+        where = directory.name if directory is not None else "the earlier start"
+        print(f"gptforge: config changed since {where} (safe to change): {'; '.join(safe)}", flush=True)
+    return directory
+
+
+def run_files(run_dir: Path, metrics_file: str) -> list[Path]:
+    """What a run writes at the top of its out_dir and would overwrite if started over."""
+    names = ["checkpoints", "config.yaml", metrics_file, "wandb_run_id", TOKENIZER_FILE]
+    meta = run_dir / TOKENIZER_FILE
+    if meta.is_file():
+        with contextlib.suppress(json.JSONDecodeError, AttributeError):  # unreadable: moved all the same
+            names.append(json.loads(meta.read_text()).get("file") or "")
+    return [run_dir / name for name in names if name and (run_dir / name).exists()]
+
+
+def holds_a_run(run_dir: Path) -> bool:
+    """True if a run was started in `run_dir`: it wrote config.yaml or a checkpoint."""
+    checkpoints = run_dir / "checkpoints"
+    return (run_dir / "config.yaml").is_file() or (checkpoints.is_dir() and any(checkpoints.iterdir()))
+
+
+def set_aside(run_dir: Path, metrics_file: str) -> list[Path]:
+    """Rename the earlier run's files to `<stem>.replaced-<time><suffix>`; never deletes anything."""
+    files = run_files(run_dir, metrics_file)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+
+    def target(path: Path, tag: str) -> Path:
+        return path.with_name(f"{path.stem}.replaced-{tag}{path.suffix}")
+
+    tag, attempt = stamp, 1
+    while any(target(path, tag).exists() for path in files):  # two overwrites within one second
+        attempt += 1
+        tag = f"{stamp}-{attempt}"
+    moved = []
+    for path in files:
+        path.rename(target(path, tag))
+        moved.append(target(path, tag))
+    return moved
