@@ -94,7 +94,14 @@ class StreamingLoader:
             return iter(dataset)
         # workers encode in parallel already; Rust threads inside forked workers would only contend
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        return iter(DataLoader(dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is))
+        # its own generator: a DataLoader draws the workers' base seed from the global torch RNG, which a
+        # resume restores for dropout, so a restart mid-run would shift every later dropout mask
+        generator = torch.Generator().manual_seed(self.spec.seed)
+        return iter(
+            DataLoader(
+                dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is, generator=generator
+            )
+        )
 
     def __iter__(self) -> StreamingLoader:
         return self

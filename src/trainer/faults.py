@@ -6,14 +6,19 @@
 - Loss spike (loss above mean + k * std of the recent window): logged, and skipped if asked.
 - SIGTERM / SIGUSR1 (what SLURM and cloud schedulers send before a kill), even on one rank: all
   ranks agree at the next step boundary, save a checkpoint and exit with PREEMPTED_EXIT_CODE.
+- A collective that a stuck or dead rank never joins: after `strategy.timeout_s` the waiting ranks
+  exit with CollectiveFailed (one line naming the rank and the operation); torchrun --max-restarts
+  restarts the job, which resumes from the last checkpoint.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -22,6 +27,8 @@ from gptforge.errors import GptforgeError
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again later; a requeued job resumes from the checkpoint
 INJECT_ENV = "GPTFORGE_INJECT_NONFINITE"  # "<step>:<rank>" makes that rank's gradients inf (tests)
+# "<step>:<rank>:<seconds>" makes that rank sleep inside that step, on torchrun's first attempt only (tests)
+INJECT_HANG_ENV = "GPTFORGE_INJECT_HANG"
 
 
 class TrainingStopped(GptforgeError):
@@ -42,6 +49,12 @@ class Preempted(TrainingStopped):
             f"preempted by {received} at step {step}; checkpoint step_{step} saved: "
             "run the same command to resume"
         )
+
+
+class CollectiveFailed(GptforgeError):
+    """A collective did not finish on this rank: another rank is stuck past strategy.timeout_s, or died."""
+
+    exit_code = 4
 
 
 class StepGuard:
@@ -85,6 +98,24 @@ def injected_loss_scale(step: int, rank: int) -> float:
         return 1.0
     inject_step, inject_rank = (int(part) for part in target.split(":"))
     return math.inf if (step, rank) == (inject_step, inject_rank) else 1.0
+
+
+@functools.cache
+def _hang_target() -> tuple[int, int, float] | None:
+    target = os.environ.get(INJECT_HANG_ENV)
+    if not target:
+        return None
+    step, rank, seconds = target.split(":")
+    return int(step), int(rank), float(seconds)
+
+
+def inject_hang(step: int, rank: int) -> None:
+    """Sleep on the rank and step named by GPTFORGE_INJECT_HANG (hang tests); steps count as INJECT_ENV's."""
+    target = _hang_target()
+    # a torchrun restart redoes the steps after the last checkpoint: the fault must not follow it there
+    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    if target and first_attempt and (step, rank) == target[:2]:
+        time.sleep(target[2])
 
 
 class PreemptionWatcher:

@@ -18,6 +18,7 @@ from gptforge.trainer.faults import (
     PreemptionWatcher,
     StepGuard,
     TrainingStopped,
+    inject_hang,
     injected_loss_scale,
 )
 from gptforge.trainer.loggers import Loggers, build_loggers, check_logger_packages
@@ -121,6 +122,7 @@ class Trainer:
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step over `grad_accum_steps` micro-batches; returns loss and grad norm tensors."""
         lr = self.schedule(self.step)
+        inject_hang(self.step, self.strategy.rank)
         loss_scale = injected_loss_scale(self.step, self.strategy.rank) / self.grad_accum_steps
         loss_sum = torch.zeros((), device=self.strategy.device)
         for micro in range(self.grad_accum_steps):

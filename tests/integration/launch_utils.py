@@ -39,22 +39,27 @@ def env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
 
 
+def torchrun_command(overrides: list[str], nproc: int = 2, launcher_flags: tuple[str, ...] = ()) -> list[str]:
+    """`python -m torch.distributed.run --nproc_per_node=N <flags> scripts/train.py <overrides>`, loopback."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        *launcher_flags,
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(TRAIN),
+        *overrides,
+    ]
+
+
 def torchrun(
     overrides: list[str], nproc: int = 2, timeout: float = 180, launcher_flags: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess:
-    """`python -m torch.distributed.run --nproc_per_node=N <flags> scripts/train.py <overrides>`, captured."""
+    """`torchrun_command(...)` run to the end, output captured."""
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc_per_node={nproc}",
-            *launcher_flags,
-            "--master_addr=127.0.0.1",
-            f"--master_port={free_port()}",
-            str(TRAIN),
-            *overrides,
-        ],
+        torchrun_command(overrides, nproc, launcher_flags),
         cwd=ROOT,
         env=env(),
         capture_output=True,

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from launch_utils import ROOT, TINY_RUN, TRAIN, check, env, free_port, records, torchrun, train_losses
+from launch_utils import ROOT, TINY_RUN, check, env, records, torchrun, torchrun_command, train_losses
 
 from gptforge.trainer.faults import INJECT_ENV
 
@@ -27,20 +26,6 @@ def straight_losses(tmp_path_factory) -> dict[int, float]:
     run_dir = tmp_path_factory.mktemp("straight")
     check(torchrun([*DDP_RUN, "trainer.checkpoint_every=100", f"out_dir={run_dir}"], timeout=300))
     return train_losses(run_dir)
-
-
-def torchrun_command(overrides: list[str], *launcher_flags: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        *launcher_flags,
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        str(TRAIN),
-        *overrides,
-    ]
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "deepspeed_zero2"])
@@ -116,7 +101,10 @@ def test_sigkill_of_a_worker_under_max_restarts_resumes_to_the_same_losses(
 ) -> None:
     run_dir = tmp_path / "killed"
     launcher = subprocess.Popen(
-        torchrun_command([*DDP_RUN, "trainer.checkpoint_every=4", f"out_dir={run_dir}"], "--max-restarts=1"),
+        torchrun_command(
+            [*DDP_RUN, "trainer.checkpoint_every=4", f"out_dir={run_dir}"],
+            launcher_flags=("--max-restarts=1",),
+        ),
         cwd=ROOT,
         env=env(),
         stdout=subprocess.PIPE,

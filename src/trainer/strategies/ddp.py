@@ -40,7 +40,7 @@ class DDPStrategy(DistributedStrategy):
     ) -> torch.Tensor:
         # gradients accumulate locally until the last micro-batch, whose backward all-reduces them once
         sync = contextlib.nullcontext() if sync_grads else self.ddp_model.no_sync()
-        with sync:
+        with self.collective("all_reduce of the gradients (DDP backward)"), sync:
             with self.autocast():
                 _, loss = self.train_model(input_ids, targets)
             (loss * loss_scale).backward()

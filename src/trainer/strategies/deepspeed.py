@@ -111,6 +111,7 @@ class DeepSpeedStrategy(DistributedStrategy):
     def init_process_group(self, timeout: timedelta) -> None:
         # DeepSpeed picks its accelerator at import; name it so a CPU run on a GPU machine stays on the CPU
         os.environ.setdefault("DS_ACCELERATOR", self.device.type)
+        super().init_process_group(timeout)  # torch's group, on this attempt's store; DeepSpeed adopts it
         with _quiet_deepspeed():
             import deepspeed
 
@@ -158,8 +159,9 @@ class DeepSpeedStrategy(DistributedStrategy):
     ) -> torch.Tensor:
         # the engine reduces gradients only at the boundary we name; the loop already scales the loss
         self.engine.set_gradient_accumulation_boundary(sync_grads)
-        _, loss = self.engine(input_ids, targets)
-        self.engine.backward(loss * loss_scale, scale_wrt_gas=False)
+        with self.collective("gradient reduction of the DeepSpeed engine (forward/backward)"):
+            _, loss = self.engine(input_ids, targets)
+            self.engine.backward(loss * loss_scale, scale_wrt_gas=False)
         return loss.detach()
 
     def clip_and_step(self, max_norm: float, lr: float, skip: bool = False) -> tuple[torch.Tensor, bool]:
@@ -168,7 +170,8 @@ class DeepSpeedStrategy(DistributedStrategy):
         # (skip=True never arrives: the config refuses spike_policy=skip with deepspeed)
         set_lr(self.optimizer, lr)
         skipped_before = self.engine.skipped_steps
-        self.engine.step()
+        with self.collective("optimizer step of the DeepSpeed engine (norm all_reduce, weight gather)"):
+            self.engine.step()
         grad_norm = self.engine.get_global_grad_norm()
         stepped = self.engine.skipped_steps == skipped_before
         norm = float(grad_norm) if grad_norm is not None and stepped else float("nan")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from datetime import timedelta
 
 import torch
@@ -11,7 +13,13 @@ import torch.distributed as dist
 
 from gptforge.config import StrategyConfig
 from gptforge.errors import LaunchError
+from gptforge.trainer.faults import CollectiveFailed
 from gptforge.trainer.strategies.base import Strategy
+
+# how gloo words a collective that timed out, and one whose peer process is gone; NCCL's watchdog
+# aborts the process itself after the timeout, with the operation in its message
+TIMED_OUT = ("Timed out", "timed out")
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
 
 
 def process_group_backend(requested: str, device: torch.device) -> str:
@@ -35,6 +43,40 @@ def default_to_world_of_one() -> None:
         os.environ.setdefault(key, value)
 
 
+def collective_failure(
+    err: RuntimeError, rank: int, operation: str, timeout_s: int
+) -> CollectiveFailed | None:
+    """The one-line error for `operation` that timed out or lost a rank on `rank`; None for other errors."""
+    message = str(err)
+    if any(marker in message for marker in TIMED_OUT):
+        return CollectiveFailed(
+            f"rank {rank}: {operation} did not finish within strategy.timeout_s={timeout_s} s "
+            "(another rank is stuck or died; its log says which); torchrun --max-restarts=N restarts "
+            "the job from the last checkpoint, or run the same command to resume"
+        )
+    if isinstance(err, dist.DistError) or any(marker in message for marker in PEER_LOST):
+        # gloo's first sentence, without its source location: "Connection closed by peer [ip]:port"
+        cause = message.split("\n")[0].split("] ", 1)[-1].split(". ")[0]
+        return CollectiveFailed(
+            f"rank {rank}: {operation} failed because another rank left the job ({cause}); "
+            "run the same command to resume from the last checkpoint"
+        )
+    return None
+
+
+def torchrun_attempt_store(timeout: timedelta) -> dist.Store | None:
+    """torchrun's store with keys of this restart attempt only; None outside torchrun."""
+    # torchrun's static rendezvous (--master_addr/--master_port) keeps one store across --max-restarts:
+    # a restarted rank would read the dead ranks' addresses and fail to connect (gloo: "Connection
+    # refused"; torch issue #135712). A prefix per attempt keeps attempts apart, as torch once did itself.
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout
+    )
+    return dist.PrefixStore(f"gptforge/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
 class DistributedStrategy(Strategy):
     """A strategy whose ranks talk through torch.distributed; works with world size 1 as well."""
 
@@ -48,24 +90,40 @@ class DistributedStrategy(Strategy):
             self.init_process_group(timedelta(seconds=cfg.timeout_s))
 
     def init_process_group(self, timeout: timedelta) -> None:
+        store = torchrun_attempt_store(timeout)
         dist.init_process_group(
             self.backend,
             timeout=timeout,
             device_id=self.device if self.device.type == "cuda" else None,
+            **({"store": store, "rank": self.rank, "world_size": self.world_size} if store else {}),
         )
+
+    @contextlib.contextmanager
+    def collective(self, operation: str) -> Iterator[None]:
+        """A collective inside that times out or loses a rank raises CollectiveFailed naming this rank."""
+        try:
+            yield
+        except RuntimeError as err:
+            failure = collective_failure(err, self.rank, operation, self.cfg.timeout_s)
+            if failure is None:
+                raise
+            raise failure from err
 
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.detach().clone()
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        with self.collective("all_reduce of a logged metric"):
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor / self.world_size
 
     def barrier(self) -> None:
-        dist.barrier()
+        with self.collective("barrier"):
+            dist.barrier()
 
     def broadcast_flag(self, flag: bool) -> bool:
         value = torch.tensor(float(flag), device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
+        with self.collective("all_reduce of a stop/checkpoint flag"):
+            dist.all_reduce(value, op=dist.ReduceOp.MAX)
+            return bool(value.item())
 
     def teardown(self) -> None:
         if dist.is_initialized():

@@ -60,12 +60,14 @@ class FSDPStrategy(DistributedStrategy):
     ) -> torch.Tensor:
         # False: gradients stay unsharded and accumulate locally; the last micro-batch reduce-scatters them
         self.model.set_requires_gradient_sync(sync_grads)
-        _, loss = self.model(input_ids, targets)
-        (loss * loss_scale).backward()
+        with self.collective("all_gather / reduce_scatter of the FSDP shards (forward/backward)"):
+            _, loss = self.model(input_ids, targets)
+            (loss * loss_scale).backward()
         return loss.detach()
 
     def clip_and_step(self, max_norm: float, lr: float, skip: bool = False) -> tuple[torch.Tensor, bool]:
-        return clip_and_step_local(self.model, self.optimizer, max_norm, lr, skip)
+        with self.collective("all_reduce of the gradient norm (FSDP)"):
+            return clip_and_step_local(self.model, self.optimizer, max_norm, lr, skip)
 
     def _state(self) -> dict:
         return {
