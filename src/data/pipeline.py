@@ -105,6 +105,7 @@ def build_data(
         train_text, val_text = load_corpus(cfg)
         train = to_token_array(tokenizer.encode(train_text), tokenizer.vocab_size)
         val = [to_token_array(tokenizer.encode(val_text), tokenizer.vocab_size)] if val_text else None
+        _check_enough_tokens([train], layout, f"data.path={cfg.path}")
         return _window_loader([train], layout), _window_val(val, layout)
     if cfg.source == "memmap":
         train = open_shards(Path(cfg.path), tokenizer)
@@ -113,8 +114,18 @@ def build_data(
             val = open_shards(Path(cfg.val_path), tokenizer, "data.val_path")
         elif cfg.val_fraction:
             train, val = split_tail(train, cfg.val_fraction)
+        _check_enough_tokens(train, layout, f"data.path={cfg.path}")
         return _window_loader(train, layout, cfg.sampling == "sequential"), _window_val(val, layout)
     return _streaming(cfg, tokenizer, layout)
+
+
+def _check_enough_tokens(arrays: list[np.ndarray], layout: BatchLayout, source: str) -> None:
+    longest, needed = max((len(a) for a in arrays), default=0), layout.block_size + 2
+    if longest < needed:  # a window is block_size inputs plus the next token, from any start
+        raise DataError(
+            f"{source} gives {longest} training tokens, too few for one window of model.block_size="
+            f"{layout.block_size} (it needs {needed}); give it more text or lower model.block_size"
+        )
 
 
 def _window_loader(arrays: list[np.ndarray], layout: BatchLayout, sequential: bool = False):

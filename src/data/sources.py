@@ -123,12 +123,27 @@ class DocumentSource:
                         if line.strip():
                             json.loads(line)
                     except json.JSONDecodeError as bad:
-                        return DataError(f"{name}:{line_number} is not valid JSON ({bad.msg})")
+                        return DataError(
+                            f"{name}:{line_number} is not valid JSON ({bad.msg}); "
+                            "each line of a JSON Lines file must be one JSON object"
+                        )
         return DataError(f"{name} could not be read as {self.text_format}: {str(err).splitlines()[0]}")
 
 
 _MISSING = object()
 READ_BATCH = 64  # documents per read from the shard
+# the JSON builder logs a parse failure before raising it; `DocumentSource` reports it as one DataError
+_BUILDER_LOGGERS = ("datasets.packaged_modules.json.json",)
+
+
+def _quiet_datasets() -> None:
+    import logging
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    for name in _BUILDER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def open_local(
@@ -137,7 +152,7 @@ def open_local(
     """Stream the files `path` names (file, directory or glob) as one source, one shard per file."""
     import datasets
 
-    datasets.disable_progress_bars()
+    _quiet_datasets()
     files = resolve_files(path, key)
     builder = detect_format(files, text_format, key)
     options: dict = {}
@@ -159,7 +174,7 @@ def open_hub(name: str, split: str, text_field: str) -> DocumentSource:
     """Stream split `split` of hub dataset `name` (or a local dataset directory): no download up front."""
     import datasets
 
-    datasets.disable_progress_bars()
+    _quiet_datasets()
     try:
         dataset = datasets.load_dataset(name, split=split, streaming=True)
     except Exception as err:

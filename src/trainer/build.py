@@ -25,7 +25,7 @@ from gptforge.errors import CheckpointError, ConfigError
 from gptforge.models import GPT
 from gptforge.models.lora import apply_lora
 from gptforge.trainer.loop import Trainer
-from gptforge.trainer.pretrained import HF_PREFIX
+from gptforge.trainer.pretrained import HF_PREFIX, resolve_init_from
 from gptforge.trainer.resume import holds_a_run, resume_point, set_aside
 from gptforge.trainer.strategies import Strategy, build_strategy
 from gptforge.trainer.strategies.consolidated import load_initial_weights, resolve_checkpoint
@@ -101,7 +101,10 @@ def pretrained_tokenizer(init_from: str, tokenizer_cfg: TokenizerConfig) -> Toke
     trained; the configured one where none was saved beside them (not possible for `char`)."""
     path = Path(init_from.removeprefix(HF_PREFIX))
     if not path.exists():
-        raise CheckpointError(f"trainer.init_from={init_from} does not exist")
+        raise CheckpointError(
+            f"trainer.init_from={init_from} does not exist; give a checkpoint or run directory, "
+            "a .safetensors file or hf:<dir>"
+        )
     if path.is_file():  # beside the file, or in the checkpoint it was consolidated from
         places = [path.parent, *_consolidated_from(path)]
     else:
@@ -149,6 +152,8 @@ def build_trainer(cfg: Config, run_dir: Path, strategy: Strategy | None = None) 
     cfg = replace(cfg, model=replace(cfg.model, vocab_size=vocab_size))
     accum = grad_accum_steps(tcfg.micro_batch_size, tcfg.global_batch_size, strategy.world_size)
     resume_from = resume_point(cfg, run_dir, strategy.world_size, strategy.is_main)
+    # a resume continues from its own checkpoint: the init_from weights need not exist any more
+    init_from = resolve_init_from(tcfg.init_from, cfg.model) if tcfg.init_from and not resume_from else None
     layout = BatchLayout(
         cfg.model.block_size,
         tcfg.micro_batch_size,
@@ -162,8 +167,8 @@ def build_trainer(cfg: Config, run_dir: Path, strategy: Strategy | None = None) 
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = GPT(cfg.model)
-    if tcfg.init_from:  # before the strategy shards it; a checkpoint in run_dir (resume) still wins
-        load_initial_weights(model, tcfg.init_from)
+    if init_from:  # before the strategy shards it
+        load_initial_weights(model, init_from)
     apply_lora(model, cfg.model.lora)  # freezes the base weights when model.lora.rank > 0
     flops_per_token = model.flops_per_token()
     strategy.setup(model, cfg.optim, compile=tcfg.compile)

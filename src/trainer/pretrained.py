@@ -6,7 +6,7 @@ The file side of `gptforge.models.hf` and `gptforge.models.lora`, which map name
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -46,10 +46,19 @@ def find_checkpoint(path: str | Path) -> Path:
     if (path / "trainer_state.json").is_file():
         problem = verify(path)
         if problem:
-            raise CheckpointError(f"checkpoint {path} is not usable: {problem}")
+            raise CheckpointError(
+                f"checkpoint {path} is not usable: {problem}; give another step_<N> dir, or the run "
+                "directory for its newest valid checkpoint"
+            )
         return path
     for root in (path / "checkpoints", path):
-        found = Checkpointer(root, keep_last=1, is_main=True, barrier=lambda: None).latest_valid()
+        try:
+            found = Checkpointer(root, keep_last=1, is_main=True, barrier=lambda: None).latest_valid()
+        except CheckpointError:
+            raise CheckpointError(
+                f"every checkpoint in {root} is incomplete or corrupt; give a run directory or step_<N> dir "
+                "whose files match its manifest.json"
+            ) from None
         if found is not None:
             return found
     raise CheckpointError(f"{path} holds no checkpoint; give a step_<N> dir or a run directory with one")
@@ -140,6 +149,32 @@ def load_hf_weights(path: str | Path, model_cfg: ModelConfig) -> dict[str, torch
     if theirs.rope_theta != model_cfg.rope_theta and theirs.flavour == "llama":
         raise ConfigError(f"trainer.init_from={path} has RoPE base {theirs.rope_theta}; set model.rope_theta")
     return state
+
+
+def resolve_init_from(init_from: str, model_cfg: ModelConfig) -> str | Path:
+    """What `trainer.init_from` loads, checked before anything is built: a checkpoint directory is
+    verified and must hold `model_cfg`'s architecture (the error names the model.* overrides that fit)."""
+    path = Path(init_from.removeprefix(HF_PREFIX))
+    if not path.exists():
+        raise CheckpointError(
+            f"trainer.init_from={init_from} does not exist; give a checkpoint or run directory, "
+            "a .safetensors file or hf:<dir>"
+        )
+    if init_from.startswith(HF_PREFIX) or not path.is_dir():
+        return init_from  # files and HF directories are checked as they load
+    directory = find_checkpoint(path)
+    theirs = read_config(directory).model
+    fields = [f for f in _SHAPE_FIELDS if f != "block_size" or theirs.flavour == "gpt2"]  # RoPE: any T
+    differ = [f for f in fields if getattr(theirs, f) != getattr(model_cfg, f)]
+    if not differ and _hidden_size(theirs) != _hidden_size(model_cfg):
+        differ.append("intermediate_size")
+    if differ:
+        theirs = replace(theirs, intermediate_size=_hidden_size(theirs))
+        wanted = " ".join(f"model.{_override_name(f)}={_override_value(theirs, f)}" for f in differ)
+        raise ConfigError(
+            f"trainer.init_from={init_from} ({directory.name}) is another architecture; set {wanted}"
+        )
+    return directory
 
 
 def _hidden_size(cfg: ModelConfig) -> int:
