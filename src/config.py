@@ -334,6 +334,7 @@ class TrainerConfig:
     overwrite: bool = False  # with resume=never, allow starting over in an out_dir that holds checkpoints
     sample_tokens: int = 0  # after training, print this many tokens sampled from the model
     threads: int | None = None  # CPU threads for torch; None: torch's default
+    cpu_batch_threads: int = 1  # strategy=single on CPU: threads that each run a slice of every micro-batch
     nonfinite_policy: str = "skip"  # a non-finite gradient norm: skip the step, or stop with a checkpoint
     max_consecutive_skips: int = 5  # skip: stop (with a checkpoint) after this many skipped steps in a row
     spike_threshold: float = 0.0  # a loss above mean + this many std of the recent window is a spike; 0: off
@@ -353,6 +354,7 @@ class TrainerConfig:
             _positive(f"trainer.{key}", getattr(self, key), allow_zero=True)
         _positive("trainer.global_batch_size", self.global_batch_size)
         _positive("trainer.threads", self.threads)
+        _positive("trainer.cpu_batch_threads", self.cpu_batch_threads)
         _choice("trainer.precision", self.precision, PRECISIONS)
         _choice("trainer.device", self.device, ("auto", "cpu", "cuda"))
         _choice("trainer.resume", self.resume, RESUME_MODES)

@@ -1,0 +1,32 @@
+"""scripts/benchmark.py train: tokens/s, MFU and peak memory of a config, and the ratio of two."""
+
+from __future__ import annotations
+
+import shlex
+
+from conftest import TINY, run_script
+
+STEPS = ["--steps", "2", "--rounds", "2", "--warmup-steps", "1"]
+
+
+def test_train_prints_tokens_per_sec_mfu_and_peak_memory() -> None:
+    # a configured peak, so that MFU is a figure on a CPU too
+    result = run_script("benchmark.py", "train", *TINY, "trainer.peak_flops_per_sec=1e12", *STEPS)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if "step ms" in line)
+    assert header.split()[:4] == ["tokens/s", "step", "ms", "MFU"] and "mem GiB" in header
+    row = next(line for line in lines if line.startswith("A ")).split()
+    # A, tokens/s, (min-max), step ms, MFU, peak memory in GiB, warm-up seconds, loss
+    assert row[4].endswith("%") and float(row[5]) > 0
+
+
+def test_compare_with_the_reference_loop_prints_a_ratio() -> None:
+    reference = shlex.join(["reference", *TINY])
+    sliced = shlex.join([*TINY, "trainer.cpu_batch_threads=2"])
+    result = run_script("benchmark.py", "train", "--compare", reference, sliced, *STEPS)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("A ") and "n/a" in line for line in lines)  # MFU on a CPU without a peak
+    assert any(line.startswith("   B = ") and "cpu_batch_threads=2" in line for line in lines)
+    assert any(line.startswith("ratio B/A (tokens/s): ") for line in lines)
