@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import socket
 from collections.abc import Iterator
@@ -126,5 +127,11 @@ class DistributedStrategy(Strategy):
             return bool(value.item())
 
     def teardown(self) -> None:
+        # Free the model and optimizer while the process group is alive: sharded parameters hold it (and
+        # the store it was made on) in reference cycles, which would otherwise be freed only as the
+        # interpreter exits, when destroying the store's threads aborts the process ("terminate called
+        # without an active exception", seen on 2 of 12 FSDP2 runs).
+        self.model = self.train_model = self.optimizer = None
+        gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()
