@@ -10,17 +10,23 @@ from gptforge.config import DataConfig
 from gptforge.errors import DataError
 
 
-def read_text(path: str | Path) -> str:
-    """Read a UTF-8 text file, with errors that name the file and say what is wrong."""
+def read_text(path: str | Path, encoding_errors: str = "strict") -> str:
+    """Read a UTF-8 text file, with errors that name the file and say what is wrong.
+
+    `encoding_errors="replace"` decodes bytes that are not UTF-8 as U+FFFD instead of failing.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file {path} does not exist; set data.path to a UTF-8 text file")
     if not path.is_file():
         raise DataError(f"data.path {path} is not a file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8", errors=encoding_errors)
     except UnicodeDecodeError as err:
-        raise DataError(f"{path} is not valid UTF-8 (byte {err.start}); convert it to UTF-8") from None
+        raise DataError(
+            f"{path} is not valid UTF-8 (byte {err.start}); convert it to UTF-8, or set "
+            "data.encoding_errors=replace to decode it with U+FFFD"
+        ) from None
     if not text.strip():
         raise DataError(f"{path} is empty; it needs text to train on")
     return text
@@ -28,9 +34,9 @@ def read_text(path: str | Path) -> str:
 
 def load_corpus(cfg: DataConfig) -> tuple[str, str]:
     """Train and validation text: `val_path` when set, else the last `val_fraction` of `path`."""
-    text = read_text(cfg.path)
+    text = read_text(cfg.path, cfg.encoding_errors)
     if cfg.val_path is not None:
-        return text, read_text(cfg.val_path)
+        return text, read_text(cfg.val_path, cfg.encoding_errors)
     split = int(len(text) * (1.0 - cfg.val_fraction))
     return text[:split], text[split:]
 
