@@ -142,6 +142,11 @@ CASES = {
         ("trainer.init_from=", "another architecture", "set model.n_embd=32"),
         guards=lambda tmp, run: run,
     ),
+    "init_from with another tokenizer": Case(
+        lambda tmp, run: [*FAST, f"out_dir={tmp / 'out'}", f"trainer.init_from={run}", "tokenizer=byte"],
+        ("another architecture", "model.vocab_size=", "tokenizer=char (what it was trained with)"),
+        guards=lambda tmp, run: run,
+    ),
     "init_from a corrupt checkpoint": Case(
         lambda tmp, run: [*FAST, f"out_dir={tmp / 'out'}", f"trainer.init_from={corrupt_copy(run, tmp)}"],
         ("corrupt", "manifest.json"),

@@ -163,7 +163,8 @@ def resolve_init_from(init_from: str, model_cfg: ModelConfig) -> str | Path:
     if init_from.startswith(HF_PREFIX) or not path.is_dir():
         return init_from  # files and HF directories are checked as they load
     directory = find_checkpoint(path)
-    theirs = read_config(directory).model
+    saved = read_config(directory)
+    theirs = saved.model
     fields = [f for f in _SHAPE_FIELDS if f != "block_size" or theirs.flavour == "gpt2"]  # RoPE: any T
     differ = [f for f in fields if getattr(theirs, f) != getattr(model_cfg, f)]
     if not differ and _hidden_size(theirs) != _hidden_size(model_cfg):
@@ -171,8 +172,13 @@ def resolve_init_from(init_from: str, model_cfg: ModelConfig) -> str | Path:
     if differ:
         theirs = replace(theirs, intermediate_size=_hidden_size(theirs))
         wanted = " ".join(f"model.{_override_name(f)}={_override_value(theirs, f)}" for f in differ)
+        # another vocabulary is usually another tokenizer: say which one the weights were trained with
+        tokenizer = ""
+        if "vocab_size" in differ:
+            tokenizer = f" tokenizer={saved.tokenizer.name} (what it was trained with)"
         raise ConfigError(
-            f"trainer.init_from={init_from} ({directory.name}) is another architecture; set {wanted}"
+            f"trainer.init_from={init_from} ({directory.name}) is another architecture; "
+            f"set {wanted}{tokenizer}"
         )
     return directory
 
