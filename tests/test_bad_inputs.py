@@ -22,6 +22,9 @@ from conftest import TINY, run_script
 FAST = [*TINY, "trainer.max_steps=2", "scheduler.warmup_steps=1", "trainer.eval_every=0"]
 
 
+NO_GPU_CASE = "checks the error on a machine without a GPU; this one has one"
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny run with a checkpoint (step_2): the out_dir that resume cases point at."""
@@ -190,7 +193,12 @@ CASES = {
     "cuda without a GPU": Case(
         train("trainer.device=cuda"),
         ("trainer.device=cuda", "auto or cpu"),
-        marks=[pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")],
+        marks=[
+            pytest.mark.skipif(
+                torch.cuda.is_available(),
+                reason=NO_GPU_CASE,
+            )
+        ],
     ),
 }
 

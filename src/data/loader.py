@@ -16,8 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from gptforge.data.stream import BlockStream, StreamSpec
 from gptforge.errors import DataError
-
-IGNORE_INDEX = -100  # a target the model's cross-entropy skips (gptforge.models.gpt)
+from gptforge.models.gpt import IGNORE_INDEX
 
 
 def _as_is(batch):

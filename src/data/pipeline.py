@@ -105,7 +105,7 @@ def build_data(
         train_text, val_text = load_corpus(cfg)
         train = to_token_array(tokenizer.encode(train_text), tokenizer.vocab_size)
         val = [to_token_array(tokenizer.encode(val_text), tokenizer.vocab_size)] if val_text else None
-        _check_enough_tokens([train], layout, f"data.path={cfg.path}")
+        _check_enough_tokens([train], layout, f"data.path={cfg.path}", "give it more text")
         return _window_loader([train], layout), _window_val(val, layout)
     if cfg.source == "memmap":
         train = open_shards(Path(cfg.path), tokenizer)
@@ -114,17 +114,18 @@ def build_data(
             val = open_shards(Path(cfg.val_path), tokenizer, "data.val_path")
         elif cfg.val_fraction:
             train, val = split_tail(train, cfg.val_fraction)
-        _check_enough_tokens(train, layout, f"data.path={cfg.path}")
+        _check_enough_tokens(train, layout, f"data.path={cfg.path}", "give it more text")
         return _window_loader(train, layout, cfg.sampling == "sequential"), _window_val(val, layout)
     return _streaming(cfg, tokenizer, layout)
 
 
-def _check_enough_tokens(arrays: list[np.ndarray], layout: BatchLayout, source: str) -> None:
+def _check_enough_tokens(arrays: list[np.ndarray], layout: BatchLayout, what: str, remedy: str) -> None:
+    """DataError naming `what` unless one array holds a window: block_size inputs plus the next token."""
     longest, needed = max((len(a) for a in arrays), default=0), layout.block_size + 2
-    if longest < needed:  # a window is block_size inputs plus the next token, from any start
+    if longest < needed:
         raise DataError(
-            f"{source} gives {longest} training tokens, too few for one window of model.block_size="
-            f"{layout.block_size} (it needs {needed}); give it more text or lower model.block_size"
+            f"{what} has {longest} tokens, too few for one window of model.block_size={layout.block_size} "
+            f"(it needs {needed}); {remedy} or lower model.block_size"
         )
 
 
@@ -144,13 +145,10 @@ def _window_loader(arrays: list[np.ndarray], layout: BatchLayout, sequential: bo
 def _window_val(arrays: list[np.ndarray] | None, layout: BatchLayout) -> ValBatches | None:
     if not arrays:
         return None
-    longest = max(len(a) for a in arrays)
-    if longest < layout.block_size + 2:  # found now, not at the first evaluation mid-run
-        raise DataError(
-            f"the validation data has {longest} tokens, too few for one window of model.block_size="
-            f"{layout.block_size} (it needs {layout.block_size + 2}); raise data.val_fraction, give "
-            "data.val_path more text or lower model.block_size"
-        )
+    # found now, not at the first evaluation mid-run
+    _check_enough_tokens(
+        arrays, layout, "the validation data", "raise data.val_fraction, give data.val_path more text"
+    )
 
     def make_val_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         b, t = layout.micro_batch_size, layout.block_size

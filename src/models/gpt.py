@@ -11,6 +11,8 @@ from torch import nn
 from gptforge.config import ModelConfig
 from gptforge.models.layers import Block, KVCache, build_norm, rope_cache
 
+IGNORE_INDEX = -100  # a target the loss skips (prompt tokens in fine-tuning)
+
 
 class GPT(nn.Module):
     """Token embedding (plus learned positions for gpt2), `n_layer` blocks, final norm, linear head."""
@@ -93,7 +95,7 @@ class GPT(nn.Module):
         if targets is not None:
             # float32 loss: a bf16 log-softmax over a large vocabulary loses precision
             flat_logits = logits.float().view(-1, logits.size(-1))
-            loss = F.cross_entropy(flat_logits, targets.reshape(-1), ignore_index=-100)
+            loss = F.cross_entropy(flat_logits, targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
 
     def new_kv_cache(self) -> list[KVCache]:

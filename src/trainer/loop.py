@@ -55,6 +55,7 @@ class Trainer:
         self.make_val_batches = make_val_batches
         self.grad_accum_steps = grad_accum_steps
         self.resume_from = resume_from  # found and checked by gptforge.trainer.resume before the build
+        self.config_hash = config_hash(OmegaConf.to_container(OmegaConf.structured(cfg)), strategy.world_size)
         self.schedule = LRSchedule(cfg.scheduler, cfg.optim.lr, self.tcfg.max_steps)
         self.checkpointer = ckpt.Checkpointer(
             run_dir / "checkpoints",
@@ -188,13 +189,12 @@ class Trainer:
                     save_lora_adapters(state, directory, self.cfg.model.lora)
 
         def write_main(directory: Path) -> None:
-            config = OmegaConf.to_container(OmegaConf.structured(self.cfg))
             state = {
                 "step": self.step,
                 "tokens_seen": self.tokens_seen,
                 "world_size": self.strategy.world_size,
                 "global_batch_size": self.train_loader.global_batch_size,
-                "config_hash": config_hash(config, self.strategy.world_size),
+                "config_hash": self.config_hash,
             }
             ckpt.write_trainer_state(directory, state)
             OmegaConf.save(OmegaConf.structured(self.cfg), directory / "config.yaml")

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from gptforge.config import DataConfig
-from gptforge.data import load_corpus
+from gptforge.data import BatchLayout, build_data, load_corpus
+from gptforge.data.tokenizers import ByteTokenizer
 from gptforge.errors import DataError
 
 
@@ -25,3 +26,15 @@ def test_text_that_is_not_utf8_fails_by_name_unless_replaced(tmp_path: Path) -> 
         load_corpus(DataConfig(path=str(path)))
     train, _ = load_corpus(DataConfig(path=str(path), encoding_errors="replace"))
     assert train.startswith("caf\ufffd au lait\n")
+
+
+def test_too_little_text_for_one_window_is_found_before_training(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.txt"
+    path.write_text("to be or not to be, that is the question. " * 3)  # 126 bytes: 113 train, 13 val
+    tokenizer = ByteTokenizer()
+    with pytest.raises(
+        DataError, match=r"data.path=.*corpus.txt has 113 tokens.*block_size=128 \(it needs 130\)"
+    ):
+        build_data(DataConfig(path=str(path)), tokenizer, BatchLayout(block_size=128, micro_batch_size=2))
+    with pytest.raises(DataError, match=r"the validation data has 13 tokens.*raise data.val_fraction"):
+        build_data(DataConfig(path=str(path)), tokenizer, BatchLayout(block_size=16, micro_batch_size=2))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers  # a dev dependency: installed by scripts/test.sh
 
 from gptforge.config import LoraConfig, ModelConfig
 from gptforge.errors import ConfigError
@@ -13,8 +14,6 @@ from gptforge.models import GPT
 from gptforge.models.hf import from_hf, to_hf_state_dict
 from gptforge.models.lora import apply_lora
 from gptforge.trainer.pretrained import load_hf_weights, write_hf_dir
-
-transformers = pytest.importorskip("transformers")
 
 VOCAB = 50
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers  # a dev dependency: installed by scripts/test.sh
 from conftest import ROOT, TINY, compose_config, run_script
 
 from gptforge.trainer import train
@@ -71,7 +72,6 @@ def test_scripts_report_a_bad_checkpoint_in_one_line(tmp_path: Path) -> None:
 def test_export_loads_offline_in_transformers_with_our_logits_and_tokens(
     run: tuple[Path, dict], tmp_path: Path
 ) -> None:
-    transformers = pytest.importorskip("transformers")
     run_dir, _ = run
     out = tmp_path / "hf"
     result = run_script("export_hf.py", str(run_dir), str(out), env=OFFLINE)

@@ -12,12 +12,12 @@ from torch import nn
 
 from gptforge.config import OptimConfig, StrategyConfig, TrainerConfig
 from gptforge.errors import ConfigError
+from gptforge.models.gpt import IGNORE_INDEX
 from gptforge.trainer.optim import build_optimizer
 from gptforge.trainer.strategies.base import Strategy, apply_activation_checkpointing, clip_and_step_local
 
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
-IGNORE_INDEX = -100  # targets the loss skips (GPT.forward's cross-entropy)
 SliceResult = TypeVar("SliceResult")
 
 
