@@ -7,7 +7,7 @@
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=node0 NPROC=8 ./launch.sh ...   # run on every node
 #   LAUNCHER=deepspeed NPROC=8 ./launch.sh strategy=deepspeed_zero2
 #   sbatch scripts/slurm_train.sbatch strategy=fsdp     # SLURM: one launch.sh per node (see the file)
-#   DRY_RUN=1 ./launch.sh ...                            # print the command, compose and validate, do not train
+#   DRY_RUN=1 ./launch.sh ...                            # print the command and the plan, check everything, do not train
 #
 # Environment: LAUNCHER (python|torchrun|deepspeed; default python for one process, torchrun otherwise),
 # NPROC (processes per node, default 1), NNODES (default 1, or SLURM_NNODES inside an allocation),
@@ -48,8 +48,15 @@ case "$LAUNCHER" in
     cmd=("$PYTHON" -m torch.distributed.run --nproc_per_node="$NPROC" --nnodes="$NNODES" --node_rank="$NODE_RANK"
          --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" "$script") ;;
   deepspeed)
-    cmd=("$PYTHON" -m deepspeed.launcher.runner --no_local_rank --num_gpus="$NPROC" --num_nodes="$NNODES"
-         --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" "$script") ;;
+    # DeepSpeed's launcher narrates every step at INFO; keep its errors only unless GPTFORGE_DEBUG is set
+    log_level=error
+    if [ -n "${GPTFORGE_DEBUG:-}" ] && [ "${GPTFORGE_DEBUG}" != 0 ]; then log_level=info; fi
+    if ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }; then
+      export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}  # no GPU: say so, rather than have DeepSpeed warn it guessed
+    fi
+    cmd=("$PYTHON" -m deepspeed.launcher.runner --log_level="$log_level" --no_local_rank --num_gpus="$NPROC"
+         --num_nodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT"
+         "$script") ;;
   *)
     echo "error: LAUNCHER=$LAUNCHER is not valid; choose python, torchrun or deepspeed" >&2
     exit 2 ;;
@@ -57,6 +64,8 @@ esac
 
 if [ -n "${DRY_RUN:-}" ] && [ "${DRY_RUN}" != 0 ]; then
   echo "would run: ${cmd[*]} $*"
-  exec "$PYTHON" "$script" "$@" dry_run=true
+  # one process plans for the whole job: its world size and this node's process count
+  WORLD_SIZE=$((NPROC * NNODES)) LOCAL_WORLD_SIZE=$NPROC RANK=0 LOCAL_RANK=0 \
+    exec "$PYTHON" "$script" "$@" dry_run=true
 fi
 exec "${cmd[@]}" "$@"

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptforge.cli import run_cli
+from gptforge.cli import HelpFormatter, run_cli
 from gptforge.config import Config, DataConfig, TokenizerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -323,7 +323,7 @@ class ReferenceRunner:
             cfg.scheduler.warmup_steps,
             cfg.trainer.max_steps,
             cfg.optim.lr,
-            cfg.scheduler.min_lr,
+            cfg.scheduler.min_lr_ratio * cfg.optim.lr,
         )
         if it < warmup:
             return lr * (it + 1) / (warmup + 1)
@@ -514,13 +514,13 @@ def bench_data(args: argparse.Namespace) -> None:
     from gptforge.data import BatchLayout, build_data, build_tokenizer
     from gptforge.data.bpe import BPETokenizer, train_bpe
     from gptforge.data.prepare import prepare_shards
-    from gptforge.data.sources import open_local
+    from gptforge.data.sources import TextOptions, open_local
 
     layout = BatchLayout(block_size=args.block_size, micro_batch_size=args.micro_batch_size)
     tokens_per_batch = args.block_size * args.micro_batch_size
     with tempfile.TemporaryDirectory() as tmp:
         corpus = _write_corpus(Path(args.corpus), args.copies, Path(tmp) / "corpus")
-        source = open_local(str(corpus), "auto", "text", "paragraph", "strict")
+        source = open_local(str(corpus), TextOptions(text_unit="paragraph"))
         texts = (t for u in range(min(source.n_units, 8)) for t in source.documents(u))
         bpe = BPETokenizer(train_bpe(texts, args.vocab_size, ["<|endoftext|>"]), "<|endoftext|>")
         bpe_dir = Path(tmp) / "bpe"
@@ -558,10 +558,14 @@ def bench_data(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="training tokens/s, MFU and peak memory of one config or two")
+    train = commands.add_parser(
+        "train",
+        help="training tokens/s, MFU and peak memory of one config or two",
+        formatter_class=HelpFormatter,
+    )
     train.add_argument("overrides", nargs="*", help="Hydra overrides, as for scripts/train.py")
     train.add_argument(
         "--compare",
@@ -577,7 +581,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     train.set_defaults(run=bench_train)
 
-    data = commands.add_parser("data", help="data loader throughput per path (tokens/s)")
+    data = commands.add_parser(
+        "data", help="data loader throughput per path (tokens/s)", formatter_class=HelpFormatter
+    )
     data.add_argument(
         "--corpus", default="data/tinyshakespeare.txt", help="UTF-8 text to build the corpus from"
     )

@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gptforge.cli import run_cli
+from gptforge.cli import HelpFormatter, run_cli
 from gptforge.trainer.strategies.consolidated import consolidate_checkpoint, save_consolidated
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("checkpoint", type=Path, help="a step_<N> dir, checkpoints/ folder or run dir")
     parser.add_argument("--out", type=Path, help="output file (default: <step dir>.safetensors beside it)")
     args = parser.parse_args(argv)

@@ -26,7 +26,7 @@ import torch
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
-from gptforge.cli import run_cli
+from gptforge.cli import HelpFormatter, run_cli
 from gptforge.data import Tokenizer
 from gptforge.models.hf import to_hf_state_dict
 from gptforge.models.lora import merge_lora
@@ -121,9 +121,7 @@ def write_tokenizer(tokenizer: Tokenizer, out_dir: Path, max_length: int) -> Non
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("checkpoint", type=Path, help="a step_<N> dir, checkpoints/ folder or run dir")
     parser.add_argument("out_dir", type=Path, help="the Hugging Face model directory to write")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weights' dtype")

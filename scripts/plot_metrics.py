@@ -2,36 +2,34 @@
 
     python scripts/plot_metrics.py runs/shakespeare_char_cpu                    # -> <run_dir>/metrics.png
     python scripts/plot_metrics.py runs/a runs/b --labels baseline wide --out compare.png
+    python scripts/plot_metrics.py runs/shakespeare_char_cpu-sweep             # every job of a sweep
 
-Each run is a run directory holding metrics.jsonl (or a .jsonl file itself); runs share each panel.
+Each run is a run directory holding metrics.jsonl (or a .jsonl file itself); a sweep directory stands for
+its jobs, labelled by their overrides. The loss panel shows every logged point from the first step, a
+smoothed curve over the raw one, and the validation loss on the same axes.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
+from gptforge.cli import HelpFormatter, run_cli
 from gptforge.errors import ConfigError, DataError
+from gptforge.sweep import job_dirs, read_records
 
 PANELS = (("loss", "loss"), ("lr", "learning rate"), ("tokens_per_sec", "tokens/s (global)"))
+SMOOTHING = 0.9  # weight of the running average in the smoothed loss (TensorBoard's default is 0.6-0.9)
 
 
 def read_metrics(run: Path) -> list[dict]:
-    """The records of a run's metrics.jsonl (or of the .jsonl file given)."""
+    """The records of a run's metrics.jsonl (or of the .jsonl file given); a torn last line is skipped."""
     path = run if run.suffix == ".jsonl" else run / "metrics.jsonl"
     if not path.is_file():
         raise DataError(f"{path} does not exist; give a run directory that holds metrics.jsonl")
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(
-                    f"{path}:{number} is not JSON ({err.msg}); is it a gptforge metrics file?"
-                ) from err
+    records = read_records(path)
+    if not records:
+        raise DataError(f"{path} holds no JSON records; is it a gptforge metrics file?")
     return records
 
 
@@ -42,6 +40,24 @@ def series(records: list[dict], key: str, kind: str) -> tuple[list[int], list[fl
     else:
         chosen = [r for r in records if "event" not in r and "val_loss" not in r and r.get(key) is not None]
     return [r["step"] for r in chosen if key in r], [r[key] for r in chosen if key in r]
+
+
+def smoothed(values: list[float], weight: float = SMOOTHING) -> list[float]:
+    """An exponential moving average, debiased at the start so the curve begins at the first value."""
+    average, out = 0.0, []
+    for i, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        out.append(average / (1 - weight**i))
+    return out
+
+
+def expand(runs: list[Path]) -> list[Path]:
+    """Runs as given, a sweep directory (no metrics.jsonl of its own) replaced by its jobs."""
+    expanded = []
+    for run in runs:
+        jobs = job_dirs(run) if run.is_dir() and not (run / "metrics.jsonl").exists() else []
+        expanded.extend(jobs or [run])
+    return expanded
 
 
 def plot(runs: dict[str, list[dict]], out: Path) -> None:
@@ -58,9 +74,14 @@ def plot(runs: dict[str, list[dict]], out: Path) -> None:
         colour = f"C{index % 10}"
         for ax, (key, title) in zip(axes, PANELS, strict=True):
             steps, values = series(records, key, "train")
-            ax.plot(steps, values, color=colour, label=f"{label} train" if key == "loss" else label)
+            if key == "loss":
+                ax.plot(steps, values, color=colour, alpha=0.3, linewidth=0.8)
+                ax.plot(steps, smoothed(values), color=colour, label=f"{label} train (smoothed)")
+            else:
+                ax.plot(steps, values, color=colour, label=label)
             ax.set_title(title)
             ax.set_xlabel("step")
+            ax.set_xlim(left=0)
         val_steps, val_losses = series(records, "val_loss", "val")
         if val_steps:
             axes[0].plot(
@@ -81,27 +102,30 @@ def unique_labels(runs: list[Path]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(run) for run in runs]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories (or metrics .jsonl files)")
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
-        "--out", type=Path, default=None, help="PNG to write; default <first run>/metrics.png"
+        "runs", nargs="+", type=Path, help="run or sweep directories (or metrics .jsonl files)"
     )
-    parser.add_argument("--labels", nargs="+", default=None, help="legend names, one per run")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="PNG to write (default: <first run>/metrics.png)"
+    )
+    parser.add_argument(
+        "--labels", nargs="+", default=None, help="legend names, one per run (default: dir names)"
+    )
     args = parser.parse_args(argv)
-    labels = args.labels or unique_labels(args.runs)
-    if len(labels) != len(args.runs):
-        raise ConfigError(f"--labels gives {len(labels)} names for {len(args.runs)} runs; give one per run")
-    runs = {label: read_metrics(run) for label, run in zip(labels, args.runs, strict=True)}
-    first = args.runs[0] if args.runs[0].suffix != ".jsonl" else args.runs[0].parent
+    given_sweep = len(args.runs) == 1 and not (args.runs[0] / "metrics.jsonl").exists()
+    runs = expand(args.runs)
+    labels = args.labels or unique_labels(runs)
+    if len(labels) != len(runs):
+        raise ConfigError(f"--labels gives {len(labels)} names for {len(runs)} runs; give one per run")
+    metrics = {label: read_metrics(run) for label, run in zip(labels, runs, strict=True)}
+    first = args.runs[0] if given_sweep else (runs[0] if runs[0].suffix != ".jsonl" else runs[0].parent)
     out = args.out or first / "metrics.png"
-    plot(runs, out)
+    plot(metrics, out)
     print(f"wrote {out}")
+    return out
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

@@ -1,32 +1,75 @@
-"""Train a GPT from a composed config: `python scripts/train.py experiment=smoke model.n_layer=2`."""
+"""Train a GPT from a composed config: `python scripts/train.py experiment=smoke model.n_layer=2`.
+
+`dry_run=true` (what `DRY_RUN=1 ./launch.sh` passes) checks everything that can be checked without
+training and prints the plan; it composes the config without Hydra's run directory, so nothing is written.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from gptforge.cli import one_line_errors, run_cli
+from gptforge.cli import console_to_log, one_line_errors, run_cli
 from gptforge.config import Config, register_configs
 from gptforge.trainer import train
+from gptforge.trainer.build import dry_run
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+DRY_RUN = re.compile(r"^\+{0,2}dry_run=(true|True|1|yes)$")
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 @one_line_errors
-def main(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig, run_dir: Path) -> float | None:
     config: Config = OmegaConf.to_object(cfg)
-    if config.dry_run:
-        print(OmegaConf.to_yaml(OmegaConf.structured(config)), end="")
-        print("config is valid (dry run: nothing trained)")
-        return None
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if config.debug or os.environ.get("GPTFORGE_DEBUG", "") not in ("", "0"):
+        logging.getLogger().setLevel(logging.INFO)
     metrics = train(config, run_dir)
     return metrics.get("val_loss")  # for sweepers that minimise a returned value
 
 
+@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    log = run_dir / "train.log" if os.environ.get("RANK", "0") == "0" else None
+    with console_to_log(log):  # train.log holds what the console shows
+        return run(cfg, run_dir)
+
+
+@one_line_errors
+def plan_only(cfg: DictConfig) -> None:
+    config: Config = OmegaConf.to_object(cfg)
+    dry_run(config, Path(config.out_dir))
+
+
+def main_dry_run(overrides: list[str]) -> None:
+    """Compose as @hydra.main would, without creating the run directory, then print the plan."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)  # lets ${hydra:...} resolve
+        with open_dict(cfg):
+            del cfg["hydra"]
+        plan_only(cfg)
+
+
+def entry() -> None:
+    argv = sys.argv[1:]
+    if any(DRY_RUN.match(arg) for arg in argv) and not any(arg.startswith("-") for arg in argv):
+        main_dry_run(argv)
+    else:
+        main()
+
+
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(entry)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import functools
+import io
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from gptforge.config import DataConfig
 from gptforge.errors import ConfigError, GptforgeError
 
 DEBUG_ENV = "GPTFORGE_DEBUG"
@@ -84,24 +88,124 @@ def _run_dir_error(err: BaseException) -> ConfigError | None:
     )
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and every option's default."""
+
+
+def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that say how files become documents, as train.py's data.* keys say it."""
+    defaults = DataConfig()
+    parser.add_argument(
+        "--text-format", default=defaults.text_format, help="auto (by suffix), text, json, parquet"
+    )
+    parser.add_argument(
+        "--text-field", default=defaults.text_field, help="json/parquet column holding the text"
+    )
+    parser.add_argument(
+        "--text-unit", default=defaults.text_unit, help="text files as documents: paragraph, document, line"
+    )
+    parser.add_argument("--encoding-errors", default=defaults.encoding_errors, help="strict or replace")
+    parser.add_argument(
+        "--text-suffixes", nargs="*", default=[], help="more file suffixes read as text, e.g. .py .c"
+    )
+
+
+def corpus_config(args: argparse.Namespace, path: str) -> DataConfig:
+    """The data config of a corpus script's arguments, checked by the same schema as train.py's."""
+    return DataConfig(
+        source="local",
+        path=path,
+        text_format=args.text_format,
+        text_field=args.text_field,
+        text_unit=args.text_unit,
+        encoding_errors=args.encoding_errors,
+        text_suffixes=list(args.text_suffixes),
+    )
+
+
 def _exit_with(err: BaseException) -> None:
     print(f"error: {one_line(err)} (GPTFORGE_DEBUG=1 shows the traceback)", file=sys.stderr)
     sys.exit(getattr(err, "exit_code", 2))
 
 
-def one_line_errors(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """Wrap a Hydra task so user errors raised inside it also end as one line, without Hydra's preamble."""
+def one_line_errors(task: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a Hydra task (its first argument the config) so user errors raised inside it also end as one
+    line, without Hydra's preamble."""
 
     @functools.wraps(task)
-    def wrapper(cfg: Any) -> Any:
+    def wrapper(cfg: Any, *args: Any) -> Any:
         try:
-            return task(cfg)
+            return task(cfg, *args)
         except Exception as err:
-            if cfg.get("debug") or not _is_user_error(err):
+            if cfg.get("debug") or _debug_requested([]) or not _is_user_error(err):
                 raise
             _exit_with(err)
 
     return wrapper
+
+
+class _Tee(io.TextIOBase):
+    """A console stream that also appends what it shows to a log file (progress-bar redraws left out)."""
+
+    def __init__(self, stream: TextIO, log: TextIO) -> None:
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        if "\r" not in text:  # a progress bar redrawing itself: the log keeps the records instead
+            self.log.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        self.log.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.stream, "encoding", "utf-8")
+
+
+_console_log: TextIO | None = None
+
+
+def log_only(line: str) -> None:
+    """Append `line` to the run's log without showing it (the console shows a progress bar instead)."""
+    if _console_log is not None:
+        _console_log.write(line + "\n")
+        _console_log.flush()
+
+
+@contextlib.contextmanager
+def console_to_log(path: Path | None) -> Iterator[None]:
+    """While inside, everything printed to stdout/stderr (and logged) also goes to `path` (None: off)."""
+    global _console_log
+    if path is None:
+        yield
+        return
+    import logging
+
+    originals = sys.stdout, sys.stderr
+    with open(path, "a", encoding="utf-8", buffering=1) as log:
+        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+        handlers = [h for h in logging.root.handlers if getattr(h, "stream", None) in originals]
+        for handler in handlers:
+            handler.setStream(sys.stderr if handler.stream is originals[1] else sys.stdout)
+        _console_log = log
+        try:
+            yield
+        finally:
+            _console_log = None
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for handler in handlers:
+                handler.setStream(originals[1] if handler.stream is sys.stderr else originals[0])
+            sys.stdout, sys.stderr = originals
 
 
 def run_cli(main: Callable[[], object], argv: list[str] | None = None) -> None:

@@ -7,7 +7,9 @@ names from a fixed set) live in `__post_init__` and in `validate()`, and raise `
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gptforge.errors import ConfigError
@@ -103,6 +105,16 @@ class ModelConfig:
         return self.n_embd // self.n_head
 
     @property
+    def mlp_hidden_size(self) -> int:
+        """intermediate_size, else 4 * n_embd (gpt2) or 8/3 * n_embd rounded up to 64 (llama's SwiGLU:
+        the parameter count of a 4x GELU MLP, in matmul-friendly sizes)."""
+        if self.intermediate_size:
+            return self.intermediate_size
+        if self.flavour == "llama":
+            return 64 * -(-8 * self.n_embd // (3 * 64))
+        return 4 * self.n_embd
+
+    @property
     def kv_heads(self) -> int:
         return self.n_kv_head or self.n_head
 
@@ -150,7 +162,7 @@ class DataConfig:
     """Where training and validation tokens come from; see gptforge.data and docs/DATA.md."""
 
     source: str = "text_file"
-    path: str = "data/tinyshakespeare.txt"  # file, directory or glob; memmap: prepared shard directory
+    path: str | None = "data/tinyshakespeare.txt"  # file, directory or glob; memmap: prepared shard dir
     val_path: str | None = None  # None: hold out val_fraction of path
     val_fraction: float = 0.1  # text_file/memmap: last fraction of the tokens; streaming: of the documents
     num_workers: int = 0  # DataLoader worker processes per rank
@@ -161,7 +173,10 @@ class DataConfig:
     text_field: str = "text"  # json/parquet/hub: the column holding each document's text
     prompt_field: str = "prompt"  # sft: the field holding each example's prompt (context, no loss)
     response_field: str = "response"  # sft: the field holding its response (learned, then EOS)
-    text_unit: str = "document"  # .txt files: one document per file, paragraph (blank-line separated) or line
+    # .txt (and text_suffixes) files: paragraph (blank-line separated blocks, the default everywhere: a
+    # single-file corpus still has documents to hold out), document (one per file: source code) or line
+    text_unit: str = "paragraph"
+    text_suffixes: list[str] = field(default_factory=list)  # more file suffixes read as text, e.g. [.py,.c]
     encoding_errors: str = "strict"  # strict: non-UTF-8 text is an error; replace: decode it with U+FFFD
     shuffle_blocks: int = 1024  # blocks (sequences) shuffled together per stream; 0: no shuffling
     tokenize_batch: int = 256  # documents per batched tokenizer call
@@ -174,11 +189,22 @@ class DataConfig:
         _choice("data.text_unit", self.text_unit, TEXT_UNITS)
         _choice("data.encoding_errors", self.encoding_errors, ENCODING_ERRORS)
         _choice("data.sampling", self.sampling, WINDOW_SAMPLING)
+        if self.path is None and self.source in ("text_file", "local", "memmap", "sft"):
+            raise ConfigError(
+                f"data.path is not set; data.source={self.source} reads your corpus from it: give a file, a "
+                "directory or a glob (memmap: the directory scripts/prepare_data.py wrote)"
+            )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={self.val_fraction} is not valid; it must be in [0, 1)")
         _positive("data.num_workers", self.num_workers, allow_zero=True)
         _positive("data.shuffle_blocks", self.shuffle_blocks, allow_zero=True)
         _positive("data.tokenize_batch", self.tokenize_batch)
+        for suffix in self.text_suffixes:
+            if not suffix.startswith(".") or len(suffix) < 2:
+                raise ConfigError(
+                    f"data.text_suffixes: {suffix!r} is not a file suffix; "
+                    "write them with the dot, e.g. [.py,.c]"
+                )
         if self.source == "sft" and self.text_format == "text":
             raise ConfigError("data.text_format=text is not valid with data=sft; use auto, json or parquet")
         if self.prompt_field == self.response_field:
@@ -211,18 +237,23 @@ SCHEDULER_NAMES = ("cosine", "linear", "wsd", "constant")
 
 @dataclass
 class SchedulerConfig:
-    """Learning rate against step: linear warm-up, then the named decay down to min_lr."""
+    """Learning rate against step: linear warm-up, then the named decay down to min_lr_ratio * optim.lr."""
 
     name: str = "cosine"
     warmup_steps: int = 100  # optimizer steps of linear warm-up from 0 to optim.lr
-    min_lr: float = 0.0  # learning rate at the end of the decay
+    # the floor as a fraction of the peak, so a sweep over optim.lr keeps every run's decay a decay
+    min_lr_ratio: float = 0.1
     decay_steps: int | None = None  # step at which the decay ends; None: trainer.max_steps
     wsd_decay_fraction: float = 0.2  # wsd: the last fraction of steps that decays (the rest is flat)
 
     def __post_init__(self) -> None:
         _choice("scheduler.name", self.name, SCHEDULER_NAMES)
         _positive("scheduler.warmup_steps", self.warmup_steps, allow_zero=True)
-        _positive("scheduler.min_lr", self.min_lr, allow_zero=True)
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(
+                f"scheduler.min_lr_ratio={self.min_lr_ratio} is not valid; it is the floor as a fraction of "
+                "optim.lr, in [0, 1] (a floor above the peak would make the decay rise)"
+            )
         _positive("scheduler.decay_steps", self.decay_steps)
         if not 0.0 < self.wsd_decay_fraction <= 1.0:
             raise ConfigError(
@@ -230,7 +261,7 @@ class SchedulerConfig:
             )
 
 
-STRATEGY_NAMES = ("single", "ddp", "fsdp", "deepspeed")
+STRATEGY_NAMES = ("auto", "single", "ddp", "fsdp", "deepspeed")
 ZERO_STAGES = (1, 2, 3)
 
 
@@ -238,7 +269,7 @@ ZERO_STAGES = (1, 2, 3)
 class StrategyConfig:
     """How the model is spread over processes; see gptforge.trainer.strategies."""
 
-    name: str = "single"
+    name: str = "auto"  # auto: single for one process, ddp for several
     backend: str = "auto"  # process group backend: auto (nccl on CUDA, gloo on CPU), nccl, gloo
     timeout_s: int = 600  # a collective that takes longer than this fails instead of hanging
     zero_stage: int | None = None  # deepspeed only: ZeRO stage 1, 2 or 3
@@ -318,7 +349,8 @@ RESUME_MODES = ("auto", "never")
 class TrainerConfig:
     """The training loop: batch sizes, length, precision, evaluation, checkpointing, resume."""
 
-    max_steps: int = 1000  # optimizer steps
+    max_steps: int = 1000  # optimizer steps (unless max_tokens is set)
+    max_tokens: float | None = None  # a token budget instead: max_steps = ceil(max_tokens / tokens per step)
     micro_batch_size: int = 12  # sequences per device per forward/backward
     global_batch_size: int | None = None  # sequences per optimizer step; None: micro_batch_size * world size
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
@@ -326,7 +358,7 @@ class TrainerConfig:
     device: str = "auto"  # auto: cuda when present, else cpu
     compile: bool = False  # torch.compile the model
     log_every: int = 10  # steps between metric records
-    eval_every: int = 250  # steps between evaluations; 0 turns periodic evaluation off
+    eval_every: int = 250  # steps between evaluations; 0: only at the end (there is always a final one)
     eval_batches: int = 20  # micro-batches per evaluation
     checkpoint_every: int = 500  # steps between checkpoints; 0 saves only at the end
     keep_last: int = 3  # complete checkpoints kept on disk
@@ -353,6 +385,7 @@ class TrainerConfig:
         for key in ("grad_clip", "eval_every", "checkpoint_every", "sample_tokens"):
             _positive(f"trainer.{key}", getattr(self, key), allow_zero=True)
         _positive("trainer.global_batch_size", self.global_batch_size)
+        _positive("trainer.max_tokens", self.max_tokens)
         _positive("trainer.threads", self.threads)
         _positive("trainer.cpu_batch_threads", self.cpu_batch_threads)
         _choice("trainer.precision", self.precision, PRECISIONS)
@@ -388,7 +421,8 @@ class Config:
 
     def __post_init__(self) -> None:
         warmup = self.scheduler.warmup_steps
-        if warmup >= self.trainer.max_steps and self.scheduler.name != "constant":
+        steps_known = self.trainer.max_tokens is None  # else checked once tokens per step are known
+        if steps_known and warmup >= self.trainer.max_steps and self.scheduler.name != "constant":
             raise ConfigError(
                 f"scheduler.warmup_steps={warmup} is not shorter than trainer.max_steps="
                 f"{self.trainer.max_steps}; the run would never leave warm-up"
@@ -406,8 +440,36 @@ class Config:
             )
 
 
+DATA_KEYS = ("data", "data.source", "data.path", "data.name", "data.sources")
+
+
+def run_name(experiment: str, overrides: list[str], source: str, path: str, hub_name: str | None) -> str:
+    """The experiment's name, plus the data when the command line chose other data than the experiment's,
+    so that a run on your corpus never lands in (or is refused by) the demo's run directory."""
+    keys = {override.split("=", 1)[0].lstrip("+~") for override in overrides}
+    if not keys & set(DATA_KEYS):
+        return experiment
+    if source == "mixture":
+        label = "mixture"
+    elif source == "hf_hub" and hub_name:
+        label = hub_name.rstrip("/").rsplit("/", 1)[-1]
+    else:
+        fixed = re.split(r"[*?\[]", path, maxsplit=1)[0].rstrip("/") or path  # a glob: the part before it
+        label = Path(fixed).stem or Path(fixed).name
+    return f"{experiment}-{label}" if label else experiment
+
+
 def register_configs() -> None:
-    """Register `Config` as the schema that `configs/config.yaml` extends."""
+    """Register `Config` as the schema that `configs/config.yaml` extends, and the run-name resolver."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
     ConfigStore.instance().store(name="gptforge_schema", node=Config)
+    from gptforge.sweep import job_dirname
+
+    OmegaConf.register_new_resolver(
+        "gptforge.run_name", lambda *args: run_name(args[0], list(args[1]), *args[2:]), replace=True
+    )
+    OmegaConf.register_new_resolver(
+        "gptforge.sweep_job", lambda overrides, num: job_dirname(list(overrides), num), replace=True
+    )

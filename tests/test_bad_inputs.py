@@ -50,6 +50,15 @@ def write(path: Path, content: str | bytes) -> Path:
     return path
 
 
+def foreign_weights(tmp_path: Path) -> Path:
+    """A .safetensors file that names no architecture and whose tensors fit no gptforge model."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "foreign.safetensors"
+    save_file({"encoder.weight": torch.zeros(4, 4)}, str(path))
+    return path
+
+
 def corrupt_copy(run_dir: Path, tmp_path: Path) -> Path:
     """A copy of the run whose every checkpoint has one bit flipped in its model weights."""
     copy = tmp_path / "corrupt"
@@ -140,15 +149,20 @@ CASES = {
     "init_from missing": Case(
         train("trainer.init_from=nowhere/step_9"), ("trainer.init_from=nowhere/step_9", "does not exist")
     ),
-    "init_from another shape": Case(
-        lambda tmp, run: [*FAST, f"out_dir={tmp / 'out'}", f"trainer.init_from={run}", "model.n_embd=64"],
-        ("trainer.init_from=", "another architecture", "set model.n_embd=32"),
-        guards=lambda tmp, run: run,
+    "init_from weights that fit no model": Case(
+        lambda tmp, run: [
+            *FAST,
+            f"out_dir={tmp / 'out'}",
+            f"trainer.init_from={foreign_weights(tmp)}",
+            "tokenizer=byte",  # char could not rebuild an alphabet that no file beside them names
+        ],
+        ("trainer.init_from=", "foreign.safetensors", "does not fit the model", "missing"),
     ),
-    "init_from with another tokenizer": Case(
-        lambda tmp, run: [*FAST, f"out_dir={tmp / 'out'}", f"trainer.init_from={run}", "tokenizer=byte"],
-        ("another architecture", "model.vocab_size=", "tokenizer=char (what it was trained with)"),
-        guards=lambda tmp, run: run,
+    "floor above the peak": Case(
+        train("scheduler.min_lr_ratio=2"), ("scheduler.min_lr_ratio=2", "fraction of optim.lr", "[0, 1]")
+    ),
+    "no corpus for a pretrain run": Case(
+        lambda tmp, run: ["experiment=pretrain", f"out_dir={tmp / 'out'}"], ("data.path is not set", "a glob")
     ),
     "init_from a corrupt checkpoint": Case(
         lambda tmp, run: [*FAST, f"out_dir={tmp / 'out'}", f"trainer.init_from={corrupt_copy(run, tmp)}"],

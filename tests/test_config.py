@@ -25,7 +25,8 @@ def _group_options() -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("group", "option"), _group_options())
 def test_every_shipped_config_composes_and_builds(group: str, option: str) -> None:
     override = f"{group}=[{option}]" if group == "logger" else f"{group}={option}"
-    cfg = compose_config([override])
+    corpus = ["data.path=data/tinyshakespeare.txt"] if (group, option) == ("experiment", "pretrain") else []
+    cfg = compose_config([override, *corpus])
     model_cfg = cfg.model
     model_cfg.vocab_size = resolve_vocab_size(None, 65, model_cfg.vocab_multiple)
     with torch.device("meta"):  # builds llama_1b without allocating its weights
@@ -39,7 +40,7 @@ def test_defaults_are_the_shakespeare_cpu_run() -> None:
     assert cfg.out_dir == "runs/shakespeare_char_cpu"
     assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (4, 4, 128, 64)
     assert (cfg.trainer.max_steps, cfg.trainer.micro_batch_size) == (2000, 12)
-    assert (cfg.optim.lr, cfg.scheduler.min_lr, cfg.scheduler.warmup_steps) == (1e-3, 1e-4, 100)
+    assert (cfg.optim.lr, cfg.scheduler.min_lr_ratio, cfg.scheduler.warmup_steps) == (1e-3, 0.1, 100)
     assert list(cfg.optim.betas) == [0.9, 0.99]
     assert Path(cfg.data.path).name == "tinyshakespeare.txt"
 

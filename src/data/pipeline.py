@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,11 +11,12 @@ import numpy as np
 import torch
 
 from gptforge.config import DataConfig, TokenizerConfig
+from gptforge.data.bpe import BPETokenizer, train_bpe
 from gptforge.data.corpus import load_corpus, to_token_array
 from gptforge.data.loader import StreamingLoader, inputs_and_targets
 from gptforge.data.memmap import open_shards, read_metadata, saved_tokenizer, split_tail
 from gptforge.data.sft import open_examples
-from gptforge.data.sources import DocumentSource, open_hub, open_local
+from gptforge.data.sources import DocumentSource, TextOptions, open_hub, open_local
 from gptforge.data.stream import BlockStream, StreamSpec, is_blank
 from gptforge.data.tokenizers import Tokenizer, build_tokenizer
 from gptforge.data.windows import RandomWindowLoader
@@ -48,7 +50,7 @@ def open_sources(cfg: DataConfig, val: bool = False) -> tuple[list[DocumentSourc
         if cfg.source == "sft":
             fields = (cfg.prompt_field, cfg.response_field)
             return open_examples(path, cfg.text_format, *fields, cfg.encoding_errors, key)
-        return open_local(path, cfg.text_format, cfg.text_field, cfg.text_unit, cfg.encoding_errors, key)
+        return open_local(path, TextOptions.of(cfg), key)
 
     if cfg.source == "hf_hub":
         if not cfg.name:
@@ -71,30 +73,81 @@ def open_sources(cfg: DataConfig, val: bool = False) -> tuple[list[DocumentSourc
     return [local(cfg.path, "data.path")], [1.0]
 
 
-def _all_texts(cfg: DataConfig) -> Iterator[str]:
-    sources = open_sources(cfg)[0] + (open_sources(cfg, val=True)[0] if _separate_val(cfg) else [])
+def corpus_documents(cfg: DataConfig, with_val: bool = True) -> Iterator[str]:
+    """Every document of the training corpus (and of a separate validation set, `with_val`), as text."""
+    if cfg.source == "text_file":
+        train_text, val_text = load_corpus(cfg)
+        for text in (train_text, val_text if with_val else ""):
+            yield from (paragraph for paragraph in text.split("\n\n") if paragraph.strip())
+        return
+    sources = open_sources(cfg)[0] + (
+        open_sources(cfg, val=True)[0] if with_val and _separate_val(cfg) else []
+    )
     for source in sources:
         for unit in range(source.n_units):
             for document in source.documents(unit):
                 yield document if isinstance(document, str) else "".join(document)  # prompt + response
 
 
+def describe_source(cfg: DataConfig) -> str:
+    """Where the training documents come from, in a few words."""
+    if cfg.source == "mixture":
+        return "data.sources (" + ", ".join(s.path or s.name for s in cfg.sources) + ")"
+    return f"data.name={cfg.name}" if cfg.source == "hf_hub" else f"data.path={cfg.path}"
+
+
+def trains_its_tokenizer(cfg: DataConfig, tokenizer_cfg: TokenizerConfig) -> bool:
+    """tokenizer=bpe without a path trains one on the corpus (prepared shards bring their own)."""
+    return tokenizer_cfg.name == "bpe" and tokenizer_cfg.path is None and cfg.source != "memmap"
+
+
+def train_corpus_bpe(cfg: DataConfig, tokenizer_cfg: TokenizerConfig) -> BPETokenizer:
+    """A byte-level BPE of `tokenizer.vocab_size` tokens trained on the training documents, with progress."""
+    print(
+        f"gptforge: training a BPE tokenizer (tokenizer.vocab_size={tokenizer_cfg.vocab_size}) on "
+        f"{describe_source(cfg)}",
+        flush=True,
+    )
+    start, counted = time.perf_counter(), [0]
+
+    def counting(documents: Iterator[str]) -> Iterator[str]:
+        last_report = start
+        for document in documents:
+            counted[0] += 1
+            if time.perf_counter() - last_report > 10:
+                last_report = time.perf_counter()
+                print(f"gptforge: tokenizer training read {counted[0]:,} documents", flush=True)
+            yield document
+
+    hf_tokenizer = train_bpe(
+        counting(corpus_documents(cfg, with_val=False)), tokenizer_cfg.vocab_size, [tokenizer_cfg.eos_token]
+    )
+    tokenizer = BPETokenizer(hf_tokenizer, tokenizer_cfg.eos_token)
+    print(
+        f"gptforge: tokenizer trained on {counted[0]:,} documents in {time.perf_counter() - start:.1f} s: "
+        f"vocabulary {tokenizer.vocab_size}",
+        flush=True,
+    )
+    return tokenizer
+
+
 def build_data_tokenizer(cfg: DataConfig, tokenizer_cfg: TokenizerConfig) -> Tokenizer:
-    """The configured tokenizer; `char` learns its alphabet from the corpus (memmap: the prepared one)."""
+    """The configured tokenizer; `char` learns its alphabet from the corpus; prepared shards (memmap)
+    bring the one they were made with when the config names none to check them against."""
+    if cfg.source == "memmap" and tokenizer_cfg.path is None and tokenizer_cfg.name in ("char", "bpe"):
+        prepared_with = read_metadata(Path(cfg.path))["tokenizer"]["name"]
+        if prepared_with != tokenizer_cfg.name:
+            raise DataError(
+                f"{cfg.path} was prepared with tokenizer={prepared_with}, but "
+                f"tokenizer={tokenizer_cfg.name} is configured; set tokenizer={prepared_with}"
+            )
+        return saved_tokenizer(Path(cfg.path))
     if tokenizer_cfg.name != "char":
         return build_tokenizer(tokenizer_cfg)
     if cfg.source == "text_file":
         train_text, val_text = load_corpus(cfg)
         return build_tokenizer(tokenizer_cfg, train_text + val_text)
-    if cfg.source == "memmap":
-        prepared_with = read_metadata(Path(cfg.path))["tokenizer"]["name"]
-        if prepared_with != "char":
-            raise DataError(
-                f"{cfg.path} was prepared with tokenizer={prepared_with}, but tokenizer=char is configured; "
-                f"set tokenizer={prepared_with}"
-            )
-        return saved_tokenizer(Path(cfg.path))
-    return build_tokenizer(tokenizer_cfg, _all_texts(cfg))
+    return build_tokenizer(tokenizer_cfg, corpus_documents(cfg))
 
 
 def build_data(
@@ -207,14 +260,15 @@ def _check_first_shard(source: DocumentSource) -> None:
 
 
 def _stream_val(spec: StreamSpec, layout: BatchLayout) -> ValBatches:
-    batches: list[torch.Tensor] = []  # the same held-out blocks at every evaluation, made once
+    """The same held-out blocks at every evaluation, read now: a validation split too small for this
+    rank's stream fails at start, not at the first evaluation hours into the run."""
+    stream = BlockStream(spec, layout.rank, layout.world_size)
+    batches = []
+    for _ in range(layout.eval_batches):
+        blocks = np.stack([stream.next_block() for _ in range(layout.micro_batch_size)])
+        batches.append(torch.from_numpy(blocks.astype(np.int64)))
 
     def make_val_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if not batches:
-            stream = BlockStream(spec, layout.rank, layout.world_size)
-            for _ in range(layout.eval_batches):
-                blocks = np.stack([stream.next_block() for _ in range(layout.micro_batch_size)])
-                batches.append(torch.from_numpy(blocks.astype(np.int64)))
         return (inputs_and_targets(b) for b in batches)
 
     return make_val_batches

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from gptforge.data.sources import DocumentSource, detect_format, open_local, resolve_files
+from gptforge.data.sources import DocumentSource, TextOptions, detect_format, open_local, resolve_files
 from gptforge.data.tokenizers import Tokenizer
 from gptforge.errors import DataError
 
@@ -91,7 +91,8 @@ def open_examples(
             f"{key}={path} holds {builder} files; data=sft reads JSON Lines or Parquet with "
             f"{prompt_field!r} and {response_field!r} fields, one example per line or row"
         )
-    source = open_local(path, builder, response_field, "document", encoding_errors, key)
+    options = TextOptions(builder, response_field, "document", encoding_errors)
+    source = open_local(path, options, key)
     return ExampleSource(**vars(source), prompt_field=prompt_field, response_field=response_field)
 
 

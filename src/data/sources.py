@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptforge.config import DataConfig
 from gptforge.errors import DataError
 
 FORMATS_BY_SUFFIX = {
@@ -20,17 +21,42 @@ FORMATS_BY_SUFFIX = {
 }
 
 
-def resolve_files(path: str, key: str = "data.path") -> list[Path]:
-    """The data files a path names: one file, every data file under a directory, or a glob's matches."""
+@dataclass(frozen=True)
+class TextOptions:
+    """How local files become documents; train.py, train_tokenizer.py and prepare_data.py share them."""
+
+    text_format: str = "auto"  # auto (by suffix), text, json or parquet
+    text_field: str = "text"  # json/parquet: the column holding each document's text
+    text_unit: str = "paragraph"  # text files: paragraph, document (one per file) or line
+    encoding_errors: str = "strict"  # strict or replace
+    text_suffixes: tuple[str, ...] = ()  # more suffixes read as text (source code: .py, .c, ...)
+
+    @classmethod
+    def of(cls, cfg: DataConfig) -> TextOptions:
+        return cls(
+            cfg.text_format, cfg.text_field, cfg.text_unit, cfg.encoding_errors, tuple(cfg.text_suffixes)
+        )
+
+    @property
+    def formats_by_suffix(self) -> dict[str, str]:
+        return FORMATS_BY_SUFFIX | {suffix: "text" for suffix in self.text_suffixes}
+
+
+def resolve_files(path: str, key: str = "data.path", options: TextOptions | None = None) -> list[Path]:
+    """The data files a path names: one file, every data file under a directory (by suffix: the known
+    ones and `text_suffixes`), or a glob's matches."""
+    suffixes = (options or TextOptions()).formats_by_suffix
     if any(ch in path for ch in "*?["):
         files = sorted(Path(p) for p in glob.glob(path, recursive=True) if Path(p).is_file())
         if not files:
             raise DataError(f"{key}={path}: the glob matches no files")
     elif Path(path).is_dir():
-        files = sorted(p for p in Path(path).rglob("*") if p.is_file() and p.suffix in FORMATS_BY_SUFFIX)
+        files = sorted(p for p in Path(path).rglob("*") if p.is_file() and p.suffix in suffixes)
         if not files:
-            suffixes = ", ".join(FORMATS_BY_SUFFIX)
-            raise DataError(f"{key}={path}: the directory holds no data files ({suffixes})")
+            raise DataError(
+                f"{key}={path}: the directory holds no data files ({', '.join(suffixes)}); "
+                "name other suffixes to read as text with data.text_suffixes (--text-suffixes), e.g. [.py]"
+            )
     elif Path(path).is_file():
         files = [Path(path)]
     else:
@@ -41,14 +67,20 @@ def resolve_files(path: str, key: str = "data.path") -> list[Path]:
     return files
 
 
-def detect_format(files: list[Path], text_format: str, key: str = "data.path") -> str:
+def detect_format(
+    files: list[Path], text_format: str, key: str = "data.path", options: TextOptions | None = None
+) -> str:
     """The `datasets` builder for the files: `text_format`, or the one their suffixes agree on."""
     if text_format != "auto":
         return text_format
-    formats = {FORMATS_BY_SUFFIX.get(f.suffix) for f in files}
+    suffixes = (options or TextOptions()).formats_by_suffix
+    formats = {suffixes.get(f.suffix) for f in files}
     if None in formats:
-        odd = next(f for f in files if f.suffix not in FORMATS_BY_SUFFIX)
-        raise DataError(f"{odd}: unknown file type; set data.text_format to text, json or parquet")
+        odd = next(f for f in files if f.suffix not in suffixes)
+        raise DataError(
+            f"{odd}: unknown file type; set data.text_format (--text-format) to text, json or parquet, or "
+            f"data.text_suffixes=[{odd.suffix or '.<suffix>'}] (--text-suffixes) to read such files as text"
+        )
     if len(formats) > 1:
         raise DataError(
             f"{key} mixes {', '.join(sorted(formats))} files; set data.text_format or use data=mixture"
@@ -146,28 +178,27 @@ def _quiet_datasets() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def open_local(
-    path: str, text_format: str, text_field: str, text_unit: str, encoding_errors: str, key: str = "data.path"
-) -> DocumentSource:
+def open_local(path: str, options: TextOptions | None = None, key: str = "data.path") -> DocumentSource:
     """Stream the files `path` names (file, directory or glob) as one source, one shard per file."""
     import datasets
 
+    options = options or TextOptions()
     _quiet_datasets()
-    files = resolve_files(path, key)
-    builder = detect_format(files, text_format, key)
-    options: dict = {}
+    files = resolve_files(path, key, options)
+    builder = detect_format(files, options.text_format, key, options)
+    builder_options: dict = {}
     if builder == "text":
-        options = {"sample_by": text_unit, "encoding_errors": encoding_errors}
+        builder_options = {"sample_by": options.text_unit, "encoding_errors": options.encoding_errors}
     elif builder == "json":
-        options = {"encoding_errors": encoding_errors}
+        builder_options = {"encoding_errors": options.encoding_errors}
     try:
         dataset = datasets.load_dataset(
-            builder, data_files=[str(f) for f in files], split="train", streaming=True, **options
+            builder, data_files=[str(f) for f in files], split="train", streaming=True, **builder_options
         )
     except Exception as err:
         raise DataError(f"{key}={path}: could not open as {builder}: {str(err).splitlines()[0]}") from None
     shard_files = files if dataset.n_shards == len(files) else None
-    return DocumentSource(path, dataset, shard_files, text_field, builder)
+    return DocumentSource(path, dataset, shard_files, options.text_field, builder)
 
 
 def open_hub(name: str, split: str, text_field: str) -> DocumentSource:

@@ -63,6 +63,11 @@ class RandomWindowLoader:
         return self.arrays[0]
 
     @property
+    def corpus_tokens(self) -> int:
+        """Tokens in the training arrays: one epoch."""
+        return sum(len(a) for a in self.arrays)
+
+    @property
     def global_batch_size(self) -> int:
         return self.micro_batch_size * self.grad_accum_steps * self.world_size
 

@@ -36,18 +36,24 @@ def to_hf_state_dict(
 
 def from_hf(hf_config: Mapping, hf_state: Mapping[str, torch.Tensor]) -> tuple[ModelConfig, StateDict]:
     """Our ModelConfig (vocab_size set) and state dict for an HF GPT2LMHeadModel or LlamaForCausalLM."""
-    model_type = hf_config.get("model_type")
-    if model_type == "gpt2":
-        cfg = _gpt2_model_config(hf_config)
+    cfg = model_config_from_hf(hf_config)
+    if cfg.flavour == "gpt2":
         state = _from_gpt2(cfg, _with_prefix(hf_state, "transformer.", "h.0.ln_1.weight"))
-    elif model_type == "llama":
-        cfg = _llama_model_config(hf_config)
-        state = _from_llama(cfg, _with_prefix(hf_state, "model.", "layers.0.input_layernorm.weight"))
     else:
-        raise ConfigError(f"HF model_type={model_type!r} is not supported; gptforge imports gpt2 and llama")
+        state = _from_llama(cfg, _with_prefix(hf_state, "model.", "layers.0.input_layernorm.weight"))
     if cfg.tie_embeddings or "lm_head.weight" not in state:
         state["lm_head.weight"] = state["wte.weight"]
     return cfg, state
+
+
+def model_config_from_hf(hf_config: Mapping) -> ModelConfig:
+    """Our ModelConfig (vocab_size set) for an HF GPT2LMHeadModel or LlamaForCausalLM `config.json`."""
+    model_type = hf_config.get("model_type")
+    if model_type == "gpt2":
+        return _gpt2_model_config(hf_config)
+    if model_type == "llama":
+        return _llama_model_config(hf_config)
+    raise ConfigError(f"HF model_type={model_type!r} is not supported; gptforge imports gpt2 and llama")
 
 
 def _with_prefix(state: Mapping[str, torch.Tensor], prefix: str, probe: str) -> Mapping[str, torch.Tensor]:

@@ -107,7 +107,7 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        hidden = cfg.intermediate_size or 4 * cfg.n_embd
+        hidden = cfg.mlp_hidden_size
         self.fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.has_bias)
         self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.has_bias)
 
@@ -120,8 +120,7 @@ class SwiGLU(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        # 8/3 * n_embd keeps the parameter count of a 4x GELU MLP; rounded up to 64 for the matmuls
-        hidden = cfg.intermediate_size or 64 * -(-8 * cfg.n_embd // (3 * 64))
+        hidden = cfg.mlp_hidden_size
         self.gate = nn.Linear(cfg.n_embd, hidden, bias=cfg.has_bias)
         self.up = nn.Linear(cfg.n_embd, hidden, bias=cfg.has_bias)
         self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.has_bias)

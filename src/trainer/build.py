@@ -9,57 +9,31 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from safetensors import SafetensorError, safe_open
 
-from gptforge.config import Config, TokenizerConfig
-from gptforge.data import (
-    BatchLayout,
-    Tokenizer,
-    build_data,
-    build_data_tokenizer,
-    build_tokenizer,
-    load_tokenizer,
-)
-from gptforge.data.tokenizers import TOKENIZER_FILE
-from gptforge.errors import CheckpointError, ConfigError
+from gptforge.config import Config
+from gptforge.data import BatchLayout, Tokenizer, build_data
+from gptforge.data.pipeline import train_corpus_bpe
+from gptforge.data.tokenizers import ByteTokenizer
+from gptforge.errors import ConfigError, GptforgeError
 from gptforge.models import GPT
 from gptforge.models.lora import apply_lora
-from gptforge.trainer.loop import Trainer
-from gptforge.trainer.pretrained import HF_PREFIX, resolve_init_from
-from gptforge.trainer.resume import holds_a_run, resume_point, set_aside
+from gptforge.trainer import checkpoint as ckpt
+from gptforge.trainer.loop import Trainer, finished_message
+from gptforge.trainer.metrics import peak_flops_per_sec
+from gptforge.trainer.plan import RunPlan, grad_accum_steps, plan_run, resolve_vocab_size
+from gptforge.trainer.resume import holds_a_run, set_aside
 from gptforge.trainer.strategies import Strategy, build_strategy
-from gptforge.trainer.strategies.consolidated import load_initial_weights, resolve_checkpoint
+from gptforge.trainer.strategies.base import precision_name, resolve_precision
+from gptforge.trainer.strategies.consolidated import load_initial_weights
+from gptforge.trainer.summary import RunSummary, describe_run
+
+__all__ = ["build_trainer", "dry_run", "grad_accum_steps", "resolve_vocab_size", "train"]
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def grad_accum_steps(micro_batch_size: int, global_batch_size: int | None, world_size: int) -> int:
-    """Micro-batches per optimizer step so that the global batch stays what the user set."""
-    if global_batch_size is None:
-        return 1
-    per_step = micro_batch_size * world_size
-    if global_batch_size % per_step:
-        raise ConfigError(
-            f"trainer.global_batch_size={global_batch_size} does not divide into micro_batch_size="
-            f"{micro_batch_size} x {world_size} ranks; make it a multiple of {per_step}"
-        )
-    return global_batch_size // per_step
-
-
-def resolve_vocab_size(requested: int | None, tokenizer_vocab: int, multiple: int) -> int:
-    """The model's vocabulary: the tokenizer's, rounded up to `multiple`, unless set (and large enough)."""
-    if requested is None:
-        return -(-tokenizer_vocab // multiple) * multiple
-    if requested < tokenizer_vocab:
-        raise ConfigError(
-            f"model.vocab_size={requested} is smaller than the tokenizer's vocabulary ({tokenizer_vocab}); "
-            "leave it unset to follow the tokenizer"
-        )
-    return requested
 
 
 def prepare_run_dir(cfg: Config, run_dir: Path, is_main: bool) -> None:
@@ -78,97 +52,56 @@ def prepare_run_dir(cfg: Config, run_dir: Path, is_main: bool) -> None:
         print(f"gptforge: moved the earlier run aside: {', '.join(p.name for p in moved)}", flush=True)
 
 
-def prepare_tokenizer(cfg: Config, run_dir: Path) -> Tokenizer:
-    """The run's tokenizer: the one saved in the run directory (so resumes decode alike), else a new one."""
-    if (run_dir / "tokenizer_meta.json").exists() and cfg.trainer.resume != "never":
-        return load_tokenizer(run_dir)
-    if cfg.data.source == "sft":
-        return pretrained_tokenizer(cfg.trainer.init_from, cfg.tokenizer)
-    return build_data_tokenizer(cfg.data, cfg.tokenizer)
-
-
-def check_fine_tuning(cfg: Config) -> None:
-    """data=sft adapts pretrained weights: without `trainer.init_from` it would fine-tune noise."""
-    if cfg.data.source == "sft" and not cfg.trainer.init_from:
-        raise ConfigError(
-            "data=sft fine-tunes a pretrained model but trainer.init_from is not set; set "
-            "trainer.init_from=<checkpoint> (a checkpoint or run directory, a .safetensors file or hf:<dir>)"
-        )
-
-
-def pretrained_tokenizer(init_from: str, tokenizer_cfg: TokenizerConfig) -> Tokenizer:
-    """The tokenizer saved with the `trainer.init_from` weights, so that fine-tuning encodes as they were
-    trained; the configured one where none was saved beside them (not possible for `char`)."""
-    path = Path(init_from.removeprefix(HF_PREFIX))
-    if not path.exists():
-        raise CheckpointError(
-            f"trainer.init_from={init_from} does not exist; give a checkpoint or run directory, "
-            "a .safetensors file or hf:<dir>"
-        )
-    if path.is_file():  # beside the file, or in the checkpoint it was consolidated from
-        places = [path.parent, *_consolidated_from(path)]
-    else:
-        places = [path if init_from.startswith(HF_PREFIX) else resolve_checkpoint(path)]
-    directory = next((place for place in places if (place / TOKENIZER_FILE).is_file()), None)
-    if directory is not None:
-        tokenizer = load_tokenizer(directory)
-        if tokenizer.name != tokenizer_cfg.name:
-            raise ConfigError(
-                f"trainer.init_from={init_from} was trained with tokenizer={tokenizer.name}, "
-                f"not tokenizer={tokenizer_cfg.name}; set tokenizer={tokenizer.name}"
-            )
-        return tokenizer
-    if tokenizer_cfg.name == "char":
-        raise ConfigError(
-            f"trainer.init_from={init_from} has no {TOKENIZER_FILE} beside it and tokenizer=char cannot be "
-            "rebuilt without its alphabet; give the checkpoint directory instead"
-        )
-    return build_tokenizer(tokenizer_cfg)
-
-
-def _consolidated_from(path: Path) -> list[Path]:
-    """The checkpoint directory a consolidated .safetensors file was made from, if its metadata says."""
-    try:
-        with safe_open(str(path), framework="pt") as weights:
-            source = (weights.metadata() or {}).get("source")
-        return [Path(source)] if source else []
-    except SafetensorError as err:
-        raise CheckpointError(f"trainer.init_from={path} is not a safetensors file: {err}") from None
+def corpus_tokenizer(plan: RunPlan, strategy: Strategy) -> tuple[RunPlan, Tokenizer]:
+    """The plan's tokenizer, or one BPE trained on the run's training corpus by rank 0 and sent to all."""
+    if plan.tokenizer is not None:
+        return plan, plan.tokenizer
+    cfg = plan.cfg
+    trained = failure = None
+    if strategy.is_main:
+        try:
+            trained = train_corpus_bpe(cfg.data, cfg.tokenizer)
+        except GptforgeError as err:  # sent on, so no rank waits for a tokenizer that never comes
+            failure = err
+    tokenizer, failure = strategy.broadcast_object((trained, failure))
+    if failure is not None:
+        raise failure
+    vocab_size = resolve_vocab_size(None, tokenizer.vocab_size, cfg.model.vocab_multiple)
+    model = replace(cfg.model, vocab_size=vocab_size)  # the planned size was the training target
+    return replace(plan, cfg=replace(cfg, model=model), tokenizer=tokenizer), tokenizer
 
 
 def build_trainer(cfg: Config, run_dir: Path, strategy: Strategy | None = None) -> Trainer:
-    """Tokenizer, data, model and strategy for `cfg`, wired into a Trainer writing to `run_dir`."""
-    tcfg = cfg.trainer
-    check_fine_tuning(cfg)
+    """Tokenizer, data, model and strategy for `cfg`, wired into a Trainer writing to `run_dir`.
+
+    Everything is checked (`plan_run`, then the data as it opens) before an earlier run is moved aside
+    or anything is written to the run directory.
+    """
+    plan = plan_run(cfg, run_dir)
+    cfg, tcfg = plan.cfg, plan.cfg.trainer
     strategy = strategy or build_strategy(cfg.strategy, tcfg)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    prepare_run_dir(cfg, run_dir, strategy.is_main)
-    strategy.barrier()
-
-    tokenizer = prepare_tokenizer(cfg, run_dir)
-    vocab_size = resolve_vocab_size(cfg.model.vocab_size, tokenizer.vocab_size, cfg.model.vocab_multiple)
-    cfg = replace(cfg, model=replace(cfg.model, vocab_size=vocab_size))
-    accum = grad_accum_steps(tcfg.micro_batch_size, tcfg.global_batch_size, strategy.world_size)
-    resume_from = resume_point(cfg, run_dir, strategy.world_size, strategy.is_main)
-    # a resume continues from its own checkpoint: the init_from weights need not exist any more
-    init_from = resolve_init_from(tcfg.init_from, cfg.model) if tcfg.init_from and not resume_from else None
+    plan, tokenizer = corpus_tokenizer(plan, strategy)
+    cfg = plan.cfg
     layout = BatchLayout(
         cfg.model.block_size,
         tcfg.micro_batch_size,
-        accum,
+        plan.grad_accum_steps,
         strategy.rank,
         strategy.world_size,
         cfg.seed,
         tcfg.eval_batches,
     )
     train_loader, make_val_batches = build_data(cfg.data, tokenizer, layout)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(cfg, run_dir, strategy.is_main)
+    strategy.barrier()
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = GPT(cfg.model)
-    if init_from:  # before the strategy shards it
-        load_initial_weights(model, init_from)
+    if plan.init is not None:  # before the strategy shards it
+        load_initial_weights(model, plan.init.weights)
     apply_lora(model, cfg.model.lora)  # freezes the base weights when model.lora.rank > 0
     flops_per_token = model.flops_per_token()
     strategy.setup(model, cfg.optim, compile=tcfg.compile)
@@ -177,9 +110,46 @@ def build_trainer(cfg: Config, run_dir: Path, strategy: Strategy | None = None) 
     if strategy.is_main:  # only now: a start refused above leaves the run directory as it was
         tokenizer.save(run_dir)
         OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
-    return Trainer(
-        cfg, run_dir, strategy, tokenizer, train_loader, make_val_batches, accum, flops_per_token, resume_from
+    return Trainer(plan, strategy, tokenizer, train_loader, make_val_batches, flops_per_token)
+
+
+def dry_run(cfg: Config, run_dir: Path) -> RunSummary:
+    """Check everything a start would check before training, print the plan; writes nothing anywhere."""
+    plan = plan_run(cfg, run_dir)
+    cfg = plan.cfg
+    layout = BatchLayout(
+        cfg.model.block_size,
+        cfg.trainer.micro_batch_size,
+        plan.grad_accum_steps,
+        0,
+        plan.world.world_size,
+        cfg.seed,
     )
+    # the data opens (and text is counted) with the run's tokenizer; one still to be trained is stood in
+    # for by bytes, which read any text, so the paths and formats are checked all the same
+    train_loader, _ = build_data(cfg.data, plan.tokenizer or ByteTokenizer(cfg.tokenizer.eos_token), layout)
+    with torch.device("meta"):
+        flops_per_token = GPT(cfg.model).flops_per_token()
+    start_step = ckpt.read_trainer_state(plan.resume_from)["step"] if plan.resume_from else 0
+    precision = precision_name(resolve_precision(cfg.trainer.precision, plan.device))
+    summary = describe_run(
+        plan,
+        precision,
+        flops_per_token,
+        peak_flops_per_sec(plan.device, cfg.trainer.peak_flops_per_sec),
+        start_step,
+        train_loader if plan.tokenizer is not None else None,
+    )
+    print("\n".join(summary.lines()))
+    if plan.tokenizer is None:
+        print(
+            f"  tokenizer  a BPE of {cfg.tokenizer.vocab_size} tokens, trained on the corpus when the run "
+            "starts"
+        )
+    if start_step >= cfg.trainer.max_steps:
+        print(finished_message(run_dir, start_step, cfg.trainer.max_steps))
+    print("config is valid (dry run: nothing was trained or written)")
+    return summary
 
 
 def train(cfg: Config, run_dir: Path | None = None) -> dict:
@@ -187,7 +157,7 @@ def train(cfg: Config, run_dir: Path | None = None) -> dict:
     trainer = build_trainer(cfg, Path(run_dir or cfg.out_dir))
     try:
         metrics = trainer.fit()
-        if cfg.trainer.sample_tokens:
+        if cfg.trainer.sample_tokens and metrics:
             # every rank samples in step: with sharded weights (FSDP, ZeRO-3) each forward gathers them
             text = trainer.sample(cfg.trainer.sample_tokens)
             if trainer.strategy.is_main:

@@ -197,6 +197,43 @@ class Checkpointer:
             shutil.rmtree(doomed)
 
 
+def find_checkpoint(path: str | Path) -> Path:
+    """A verified step directory: `path` itself, or the newest valid one in a run or checkpoints/ dir."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; give a checkpoint step_<N> dir or a run directory")
+    if (path / TRAINER_STATE).is_file():
+        problem = verify(path)
+        if problem:
+            raise CheckpointError(
+                f"checkpoint {path} is not usable: {problem}; give another step_<N> dir, or the run "
+                "directory for its newest valid checkpoint"
+            )
+        return path
+    for root in (path / "checkpoints", path):
+        try:
+            found = Checkpointer(root, keep_last=1, is_main=True, barrier=lambda: None).latest_valid()
+        except CheckpointError:
+            raise CheckpointError(
+                f"every checkpoint in {root} is incomplete or corrupt; give a run directory or step_<N> dir "
+                "whose files match its manifest.json"
+            ) from None
+        if found is not None:
+            return found
+    raise CheckpointError(f"{path} holds no checkpoint; give a step_<N> dir or a run directory with one")
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors.save_file, with the file's mode set as for any file this process writes (the library
+    writes 0600, which other users of a shared model directory could not read)."""
+    from safetensors.torch import save_file
+
+    save_file(state, str(path), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def save_rank_state(directory: Path, rank: int, state: dict) -> None:
     torch.save(state, directory / f"rank_{rank}.pt")
 

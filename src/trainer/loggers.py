@@ -15,6 +15,7 @@ from typing import Protocol
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from gptforge.cli import log_only
 from gptforge.config import Config, LoggerConfig, WandbLoggerConfig
 from gptforge.errors import ConfigError
 from gptforge.trainer.summary import RunSummary
@@ -86,6 +87,7 @@ class ConsoleLogger:
         elif "val_loss" in record or "event" in record:
             self.bar.write(format_record(record))
         else:
+            log_only(format_record(record))  # train.log gets the line the bar stands for
             self.bar.update(record["step"] - self.bar.n)  # tqdm's own remaining time is the ETA
             postfix = (
                 f"loss {record['loss']:.4f} lr {record['lr']:.1e} {record['tokens_per_sec'] / 1e3:.1f}K tok/s"

@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from gptforge.config import Config
 from gptforge.data import RandomWindowLoader, Tokenizer
 from gptforge.models import generate
 from gptforge.trainer import checkpoint as ckpt
@@ -21,8 +20,9 @@ from gptforge.trainer.faults import (
     inject_hang,
     injected_loss_scale,
 )
-from gptforge.trainer.loggers import Loggers, build_loggers, check_logger_packages
+from gptforge.trainer.loggers import Loggers, build_loggers
 from gptforge.trainer.metrics import ThroughputMeter, peak_flops_per_sec
+from gptforge.trainer.plan import RunPlan
 from gptforge.trainer.pretrained import save_lora_adapters
 from gptforge.trainer.profiler import StepProfiler
 from gptforge.trainer.resume import config_hash
@@ -31,34 +31,42 @@ from gptforge.trainer.strategies import Strategy
 from gptforge.trainer.summary import RunSummary, describe_run
 
 
+def finished_message(run_dir: Path, step: int, max_steps: int) -> str:
+    return (
+        f"gptforge: the run in {run_dir} is finished (step {step} of trainer.max_steps={max_steps}); nothing "
+        f"to do. To train on, raise trainer.max_steps (e.g. trainer.max_steps={2 * max_steps}; with a cosine "
+        f"or linear decay also set scheduler.decay_steps={max_steps}, or train with scheduler=wsd), or use a "
+        "new out_dir"
+    )
+
+
 class Trainer:
     """Drives a strategy over the data: step, log, evaluate, checkpoint, resume."""
 
     def __init__(
         self,
-        cfg: Config,
-        run_dir: Path,
+        plan: RunPlan,
         strategy: Strategy,
         tokenizer: Tokenizer,
         train_loader: RandomWindowLoader,
         make_val_batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None,
-        grad_accum_steps: int,
         flops_per_token: int,
-        resume_from: Path | None = None,
     ) -> None:
+        cfg = plan.cfg
+        self.plan = plan
         self.cfg = cfg
         self.tcfg = cfg.trainer
-        self.run_dir = run_dir
+        self.run_dir = plan.run_dir
         self.strategy = strategy
         self.tokenizer = tokenizer
         self.train_loader = train_loader
         self.make_val_batches = make_val_batches
-        self.grad_accum_steps = grad_accum_steps
-        self.resume_from = resume_from  # found and checked by gptforge.trainer.resume before the build
+        self.grad_accum_steps = plan.grad_accum_steps
+        self.resume_from = plan.resume_from  # found and checked by plan_run before the build
         self.config_hash = config_hash(OmegaConf.to_container(OmegaConf.structured(cfg)), strategy.world_size)
         self.schedule = LRSchedule(cfg.scheduler, cfg.optim.lr, self.tcfg.max_steps)
         self.checkpointer = ckpt.Checkpointer(
-            run_dir / "checkpoints",
+            self.run_dir / "checkpoints",
             self.tcfg.keep_last,
             strategy.is_main,
             strategy.barrier,
@@ -67,16 +75,22 @@ class Trainer:
         self.tokens_per_step = train_loader.global_batch_size * cfg.model.block_size
         peak = peak_flops_per_sec(strategy.device, self.tcfg.peak_flops_per_sec)
         self.meter = ThroughputMeter(flops_per_token, peak, strategy.world_size)
-        self.profiler = StepProfiler(self.tcfg, run_dir / "profile", strategy.rank, strategy.device)
-        check_logger_packages(cfg.logger)
+        self.profiler = StepProfiler(self.tcfg, self.run_dir / "profile", strategy.rank, strategy.device)
         self.guard = StepGuard(self.tcfg)
         self.step = 0
         self.tokens_seen = 0
         self.loggers: Loggers | None = None
 
     def fit(self) -> dict:
-        """Train to `trainer.max_steps` (resuming if a checkpoint exists); returns the last metrics."""
+        """Train to `trainer.max_steps` (resuming if a checkpoint exists); returns the last metrics.
+
+        A run that is already finished says so and returns {} without training, evaluating or saving.
+        """
         self.resume()
+        if self.step >= self.tcfg.max_steps:
+            if self.strategy.is_main:
+                print(finished_message(self.run_dir, self.step, self.tcfg.max_steps), flush=True)
+            return {}
         if self.strategy.is_main:
             self.loggers = build_loggers(self.cfg, self.summary())
         last: dict = {}
@@ -89,7 +103,8 @@ class Trainer:
                 if preemption.requested(self.strategy.broadcast_flag):
                     self.save()
                     raise Preempted.at(self.step, preemption.signal_name)
-            if self.tcfg.eval_every and self.step % self.tcfg.eval_every and self.make_val_batches:
+            evaluated_last_step = self.tcfg.eval_every and self.step % self.tcfg.eval_every == 0
+            if not evaluated_last_step:  # every run ends with an evaluation, eval_every=0 included
                 last |= self.evaluate()
             self.save()
         finally:
@@ -112,7 +127,8 @@ class Trainer:
         if self.profiler.step(self.step):
             self.meter.reset()  # writing the trace is not training throughput
         last: dict = {}
-        if self.step % self.tcfg.log_every == 0 or self.step == self.tcfg.max_steps:
+        # the first step too: a plot starts at the initial loss, and warm-up shows
+        if self.step == 1 or self.step % self.tcfg.log_every == 0 or self.step == self.tcfg.max_steps:
             last = self.log_train(loss, grad_norm, lr)
         if self.tcfg.eval_every and self.step % self.tcfg.eval_every == 0:
             last |= self.evaluate()
@@ -166,16 +182,16 @@ class Trainer:
         """Mean validation loss over `trainer.eval_batches` batches, averaged across ranks."""
         if self.make_val_batches is None:
             return {}
-        self.strategy.model.eval()
-        losses = [
-            self.strategy.eval_loss(self.strategy.to_device(x), self.strategy.to_device(y))
-            for x, y in self.make_val_batches()
-        ]
-        self.strategy.model.train()
-        val_loss = self.strategy.all_reduce_mean(torch.stack(losses).mean()).item()
-        record = {"step": self.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
-        self._emit(record)
-        self.meter.reset()  # evaluation time is not training throughput
+        with self.meter.paused():  # evaluation time is not training throughput
+            self.strategy.model.eval()
+            losses = [
+                self.strategy.eval_loss(self.strategy.to_device(x), self.strategy.to_device(y))
+                for x, y in self.make_val_batches()
+            ]
+            self.strategy.model.train()
+            val_loss = self.strategy.all_reduce_mean(torch.stack(losses).mean()).item()
+            record = {"step": self.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+            self._emit(record)
         return record
 
     def save(self) -> None:
@@ -200,7 +216,8 @@ class Trainer:
             OmegaConf.save(OmegaConf.structured(self.cfg), directory / "config.yaml")
             self.tokenizer.save(directory)
 
-        self.checkpointer.save(self.step, write_shards, write_main)
+        with self.meter.paused():  # nor is writing a checkpoint
+            self.checkpointer.save(self.step, write_shards, write_main)
 
     def resume(self) -> None:
         """Continue from `resume_from`, the checkpoint `trainer.resume=auto` found (None: start fresh)."""
@@ -237,13 +254,12 @@ class Trainer:
     def summary(self) -> RunSummary:
         """What this run is about to do; the console prints it and wandb / TensorBoard keep it."""
         return describe_run(
-            self.cfg,
-            self.strategy,
-            self.run_dir,
+            self.plan,
+            self.strategy.precision_name,
             self.meter.flops_per_token,
             self.meter.peak_per_device,
-            self.grad_accum_steps,
             self.step,
+            self.train_loader,
         )
 
     def _emit(self, record: dict) -> None:

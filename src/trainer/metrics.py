@@ -75,15 +75,23 @@ class ThroughputMeter:
         self._tokens = 0
         self._steps = 0
         self._data_wait = 0.0
+        self._paused = 0.0
+
+    def data_wait(self) -> contextlib.AbstractContextManager[None]:
+        """Time the enclosed fetch of a batch as time the step waited for the loader."""
+        return self._timing("_data_wait")
+
+    def paused(self) -> contextlib.AbstractContextManager[None]:
+        """Leave the enclosed time (evaluation, checkpoints) out of the throughput window."""
+        return self._timing("_paused")
 
     @contextlib.contextmanager
-    def data_wait(self) -> Iterator[None]:
-        """Time the enclosed fetch of a batch as time the step waited for the loader."""
+    def _timing(self, total: str) -> Iterator[None]:
         start = self.clock()
         try:
             yield
         finally:
-            self._data_wait += self.clock() - start
+            setattr(self, total, getattr(self, total) + self.clock() - start)
 
     def update(self, tokens: int) -> None:
         """Count one optimizer step of `tokens` tokens (all ranks together)."""
@@ -95,7 +103,7 @@ class ThroughputMeter:
 
         Costs one small all-reduce, so call it on log steps only.
         """
-        elapsed, data_wait = self.clock() - self._start, self._data_wait
+        elapsed, data_wait = self.clock() - self._start - self._paused, self._data_wait
         memory = peak_memory_bytes(ranks.device) if ranks is not None else None
         if ranks is not None:
             # one collective: times are averaged; each rank's memory sits in its own slot, so the

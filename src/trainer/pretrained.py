@@ -11,17 +11,18 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 from torch import nn
 
 from gptforge.config import Config, LoraConfig, ModelConfig
 from gptforge.data import Tokenizer, load_tokenizer
+from gptforge.data.tokenizers import TOKENIZER_FILE
 from gptforge.errors import CheckpointError, ConfigError
 from gptforge.models import GPT
-from gptforge.models.hf import from_hf
-from gptforge.models.layers import MLP, SwiGLU
+from gptforge.models.hf import from_hf, model_config_from_hf
 from gptforge.models.lora import apply_lora, load_lora_state_dict, lora_state_dict
-from gptforge.trainer.checkpoint import Checkpointer, verify
+from gptforge.trainer.checkpoint import find_checkpoint, save_safetensors
 
 HF_PREFIX = "hf:"
 HF_WEIGHTS = "model.safetensors"
@@ -36,32 +37,6 @@ class Pretrained:
     model: GPT
     tokenizer: Tokenizer
     directory: Path
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A verified step directory: `path` itself, or the newest valid one in a run or checkpoints/ dir."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path} does not exist; give a checkpoint step_<N> dir or a run directory")
-    if (path / "trainer_state.json").is_file():
-        problem = verify(path)
-        if problem:
-            raise CheckpointError(
-                f"checkpoint {path} is not usable: {problem}; give another step_<N> dir, or the run "
-                "directory for its newest valid checkpoint"
-            )
-        return path
-    for root in (path / "checkpoints", path):
-        try:
-            found = Checkpointer(root, keep_last=1, is_main=True, barrier=lambda: None).latest_valid()
-        except CheckpointError:
-            raise CheckpointError(
-                f"every checkpoint in {root} is incomplete or corrupt; give a run directory or step_<N> dir "
-                "whose files match its manifest.json"
-            ) from None
-        if found is not None:
-            return found
-    raise CheckpointError(f"{path} holds no checkpoint; give a step_<N> dir or a run directory with one")
 
 
 def read_config(directory: Path) -> Config:
@@ -89,13 +64,16 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Pre
     return Pretrained(cfg, model.to(device).eval(), load_tokenizer(directory), directory)
 
 
-def read_hf_dir(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """`config.json` and the weights of a local HF model directory (safetensors, sharded or not, or .bin)."""
+def read_hf_dir(directory: str | Path, weights: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
+    """`config.json` and the weights (unless `weights=False`) of a local HF model directory (safetensors,
+    sharded or not, or .bin)."""
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{directory} is not a Hugging Face model directory: it has no config.json")
     hf_config = json.loads(config_path.read_text())
+    if not weights:
+        return hf_config, {}
     index = directory / f"{HF_WEIGHTS}.index.json"
     if (directory / HF_WEIGHTS).is_file():
         state = load_file(str(directory / HF_WEIGHTS))
@@ -115,7 +93,7 @@ def write_hf_dir(directory: str | Path, hf_config: dict, state: dict[str, torch.
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-    save_file(state, str(directory / HF_WEIGHTS), metadata={"format": "pt"})
+    save_safetensors(state, directory / HF_WEIGHTS, {"format": "pt"})
 
 
 _SHAPE_FIELDS = (
@@ -126,6 +104,7 @@ _SHAPE_FIELDS = (
     "n_head",
     "kv_heads",
     "n_embd",
+    "mlp_hidden_size",
     "has_bias",
     "tie_embeddings",
 )
@@ -140,9 +119,6 @@ def load_hf_weights(path: str | Path, model_cfg: ModelConfig) -> dict[str, torch
     hf_config, hf_state = read_hf_dir(directory)
     theirs, state = from_hf(hf_config, hf_state)
     differ = [f for f in _SHAPE_FIELDS if getattr(theirs, f) != getattr(model_cfg, f)]
-    ffn = "blocks.0.mlp.fc.weight" if theirs.flavour == "gpt2" else "blocks.0.mlp.up.weight"
-    if not differ and state[ffn].size(0) != _hidden_size(model_cfg):
-        differ.append("intermediate_size")
     if differ:
         wanted = " ".join(f"model.{_override_name(f)}={_override_value(theirs, f)}" for f in differ)
         raise ConfigError(f"trainer.init_from={path} is another architecture; set {wanted}")
@@ -151,51 +127,76 @@ def load_hf_weights(path: str | Path, model_cfg: ModelConfig) -> dict[str, torch
     return state
 
 
-def resolve_init_from(init_from: str, model_cfg: ModelConfig) -> str | Path:
-    """What `trainer.init_from` loads, checked before anything is built: a checkpoint directory is
-    verified and must hold `model_cfg`'s architecture (the error names the model.* overrides that fit)."""
+def _override_name(field_name: str) -> str:
+    return {"kv_heads": "n_kv_head", "has_bias": "bias", "mlp_hidden_size": "intermediate_size"}.get(
+        field_name, field_name
+    )
+
+
+def _override_value(cfg: ModelConfig, field_name: str) -> str:
+    value = getattr(cfg, field_name)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@dataclass(frozen=True)
+class InitSource:
+    """What `trainer.init_from` names: the weights to load, and the architecture and tokenizer saved with
+    them, which the run adopts (None where the file does not say: the run's own model.* must fit)."""
+
+    spec: str  # as the user gave it
+    weights: str | Path  # what load_initial_weights reads: a checkpoint dir, a .safetensors file or hf:<dir>
+    model: ModelConfig | None
+    tokenizer_dir: Path | None
+
+    def describe(self) -> str:
+        adopted = [
+            part for part, known in (("model.*", self.model), ("tokenizer", self.tokenizer_dir)) if known
+        ]
+        taken = f" ({' and '.join(adopted)} from it)" if adopted else ""
+        return f"{self.weights}{taken}"
+
+
+def resolve_init_source(init_from: str) -> InitSource:
+    """The verified source of `trainer.init_from`, read before anything is built."""
     path = Path(init_from.removeprefix(HF_PREFIX))
     if not path.exists():
         raise CheckpointError(
             f"trainer.init_from={init_from} does not exist; give a checkpoint or run directory, "
             "a .safetensors file or hf:<dir>"
         )
-    if init_from.startswith(HF_PREFIX) or not path.is_dir():
-        return init_from  # files and HF directories are checked as they load
-    directory = find_checkpoint(path)
-    saved = read_config(directory)
-    theirs = saved.model
-    fields = [f for f in _SHAPE_FIELDS if f != "block_size" or theirs.flavour == "gpt2"]  # RoPE: any T
-    differ = [f for f in fields if getattr(theirs, f) != getattr(model_cfg, f)]
-    if not differ and _hidden_size(theirs) != _hidden_size(model_cfg):
-        differ.append("intermediate_size")
-    if differ:
-        theirs = replace(theirs, intermediate_size=_hidden_size(theirs))
-        wanted = " ".join(f"model.{_override_name(f)}={_override_value(theirs, f)}" for f in differ)
-        # another vocabulary is usually another tokenizer: say which one the weights were trained with
-        tokenizer = ""
-        if "vocab_size" in differ:
-            tokenizer = f" tokenizer={saved.tokenizer.name} (what it was trained with)"
-        raise ConfigError(
-            f"trainer.init_from={init_from} ({directory.name}) is another architecture; "
-            f"set {wanted}{tokenizer}"
-        )
-    return directory
+    if init_from.startswith(HF_PREFIX):
+        hf_config, _ = read_hf_dir(path, weights=False)
+        tokenizer_dir = path if (path / TOKENIZER_FILE).is_file() else None
+        return InitSource(init_from, init_from, model_config_from_hf(hf_config), tokenizer_dir)
+    if path.is_dir():
+        directory = find_checkpoint(path)
+        return InitSource(init_from, directory, read_config(directory).model, directory)
+    metadata = _safetensors_metadata(path)
+    model = None
+    if "model_config" in metadata:
+        saved = OmegaConf.merge(OmegaConf.structured(ModelConfig), json.loads(metadata["model_config"]))
+        model = OmegaConf.to_object(saved)
+    # beside the file, or in the checkpoint it was consolidated from
+    places = [path.parent, *([Path(metadata["source"])] if metadata.get("source") else [])]
+    tokenizer_dir = next((place for place in places if (place / TOKENIZER_FILE).is_file()), None)
+    return InitSource(init_from, path, model, tokenizer_dir)
 
 
-def _hidden_size(cfg: ModelConfig) -> int:
-    with torch.device("meta"):  # sizes only: nothing is allocated
-        mlp = SwiGLU(cfg) if cfg.flavour == "llama" else MLP(cfg)
-    return (mlp.up if cfg.flavour == "llama" else mlp.fc).out_features
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            return weights.metadata() or {}
+    except SafetensorError as err:
+        raise CheckpointError(f"trainer.init_from={path} is not a safetensors file: {err}") from None
 
 
-def _override_name(field_name: str) -> str:
-    return {"kv_heads": "n_kv_head", "has_bias": "bias"}.get(field_name, field_name)
+# what a run keeps of its own model config when it adopts another's architecture: how it trains
+TRAINING_FIELDS = ("dropout", "lora")
 
 
-def _override_value(cfg: ModelConfig, field_name: str) -> str:
-    value = getattr(cfg, field_name)
-    return str(value).lower() if isinstance(value, bool) else str(value)
+def adopt_architecture(own: ModelConfig, saved: ModelConfig) -> ModelConfig:
+    """The saved architecture with this run's training-time fields (dropout, LoRA)."""
+    return replace(saved, **{name: getattr(own, name) for name in TRAINING_FIELDS})
 
 
 def save_lora_adapters(
@@ -208,14 +209,12 @@ def save_lora_adapters(
     """
     path = Path(directory) / LORA_FILE
     metadata = {"format": "pt", "lora": json.dumps(OmegaConf.to_container(OmegaConf.structured(cfg)))}
-    save_file(lora_state_dict(model_or_state), str(path), metadata=metadata)
+    save_safetensors(lora_state_dict(model_or_state), path, metadata)
     return path
 
 
 def load_lora_adapters(model: nn.Module, path: str | Path) -> LoraConfig:
     """Wrap `model` per the adapter file's saved LoRA config and load the adapters; returns that config."""
-    from safetensors import safe_open
-
     path = Path(path)
     path = path / LORA_FILE if path.is_dir() else path
     if not path.is_file():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import time
 from fnmatch import fnmatch
 from pathlib import Path
@@ -30,6 +31,8 @@ RUN_KEYS = ("out_dir", "name", "debug", "dry_run", "trainer.resume", "trainer.ov
 # it computes from the saved state (init_from is ignored on resume: the checkpoint wins)
 SAFE_TO_CHANGE = (
     "trainer.max_steps",
+    "trainer.max_tokens",
+    "scheduler.decay_steps",  # with max_steps: check_schedule refuses a re-plan that jumps the rate
     "trainer.log_every",
     "trainer.eval_every",
     "trainer.eval_batches",
@@ -53,7 +56,13 @@ SAFE_TO_CHANGE = (
     "strategy.reshard_after_forward",
 )
 # strategies that read each other's checkpoints: `single` and `ddp` both write rank 0's plain state dict
-_CHECKPOINT_FORMAT = {"single": "plain", "ddp": "plain", "fsdp": "dcp", "deepspeed": "deepspeed"}
+_CHECKPOINT_FORMAT = {
+    "auto": "plain",
+    "single": "plain",
+    "ddp": "plain",
+    "fsdp": "dcp",
+    "deepspeed": "deepspeed",
+}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -164,16 +173,24 @@ def _load_yaml(path: Path) -> dict | None:
         return None  # a config.yaml cut short by a crash: nothing reliable to compare against
 
 
-def resume_point(cfg: Config, run_dir: Path, world_size: int, is_main: bool) -> Path | None:
-    """The checkpoint this start continues from (None: a fresh start), after checking it may.
+def find_resume_checkpoint(cfg: Config, run_dir: Path, is_main: bool) -> Path | None:
+    """The newest valid checkpoint `trainer.resume=auto` continues (None: a fresh start).
 
-    Raises ConfigError for a changed config (naming the keys), LaunchError for a world size the
-    checkpoint cannot continue on, CheckpointError when checkpoints exist but none is valid.
+    Raises CheckpointError when checkpoints exist but none is valid.
     """
     if cfg.trainer.resume == "never":
         return None
-    checkpointer = Checkpointer(run_dir / "checkpoints", cfg.trainer.keep_last, is_main, lambda: None)
-    directory = checkpointer.latest_valid()
+    return Checkpointer(run_dir / "checkpoints", cfg.trainer.keep_last, is_main, lambda: None).latest_valid()
+
+
+def check_resume(cfg: Config, run_dir: Path, directory: Path | None, world_size: int, is_main: bool) -> None:
+    """Whether this start may continue the run in `run_dir` from `directory` (None: no checkpoint yet).
+
+    Raises ConfigError for a changed config (naming the keys) or a learning rate that would jump,
+    LaunchError for a world size the checkpoint cannot continue on.
+    """
+    if cfg.trainer.resume == "never":
+        return
     current = OmegaConf.to_container(OmegaConf.structured(cfg))
     if directory is None:  # a run that stopped before its first checkpoint still must not be mixed up
         saved = _load_yaml(run_dir / "config.yaml")
@@ -182,19 +199,62 @@ def resume_point(cfg: Config, run_dir: Path, world_size: int, is_main: bool) -> 
         state = read_trainer_state(directory)
         saved_world = state.get("world_size", 1)
         check_world_size(directory, saved_world, world_size, cfg, state.get("global_batch_size"))
+        saved = _load_yaml(directory / "config.yaml")
         if state.get("config_hash") == config_hash(current, world_size):
             unsafe = []
-            saved = _load_yaml(directory / "config.yaml")
             safe = config_changes(saved, current, saved_world, world_size)[0] if saved else []
         else:
-            saved = _load_yaml(directory / "config.yaml") or {}
-            safe, unsafe = config_changes(saved, current, saved_world, world_size)
+            safe, unsafe = config_changes(saved or {}, current, saved_world, world_size)
+        if not unsafe and saved:
+            safe += check_schedule(saved, cfg, state["step"])
     if unsafe:
         raise _refuse(run_dir, unsafe)
     if safe and is_main:
         where = directory.name if directory is not None else "the earlier start"
         print(f"gptforge: config changed since {where} (safe to change): {'; '.join(safe)}", flush=True)
-    return directory
+
+
+def check_schedule(saved: dict, cfg: Config, step: int) -> list[str]:
+    """What a changed run length does to the learning rate from the resume step on, as report lines;
+    ConfigError if the rate would jump there.
+
+    A longer run re-plans a decay that ends at max_steps (cosine, linear, wsd's cool-down): resuming in
+    the middle of it would jump the rate up. Say so before it happens, and name the ways on.
+    """
+    from gptforge.config import SchedulerConfig
+    from gptforge.trainer.schedules import LRSchedule
+
+    old_steps = saved.get("trainer", {}).get("max_steps")
+    old_decay = saved.get("scheduler", {}).get("decay_steps")
+    if old_steps is None or (old_steps, old_decay) == (cfg.trainer.max_steps, cfg.scheduler.decay_steps):
+        return []
+    try:
+        saved_scheduler = OmegaConf.merge(OmegaConf.structured(SchedulerConfig), saved["scheduler"])
+        old_scheduler = OmegaConf.to_object(saved_scheduler)
+    except Exception:
+        return []  # a config of another version: the hash comparison already vouched for the schedule
+    old = LRSchedule(old_scheduler, cfg.optim.lr, old_steps)(step)
+    schedule = LRSchedule(cfg.scheduler, cfg.optim.lr, cfg.trainer.max_steps)
+    new = schedule(step)
+    if math.isclose(old, new, rel_tol=1e-9, abs_tol=1e-12):
+        if cfg.scheduler.name == "wsd":
+            return [
+                f"wsd: the cool-down now runs from step {schedule.wsd_decay_start} to {schedule.decay_steps}"
+            ]
+        if cfg.scheduler.name != "constant" and schedule.decay_steps < cfg.trainer.max_steps:
+            return [f"the learning rate stays at {schedule.min_lr:.3g} after step {schedule.decay_steps}"]
+        return []
+    change = f"trainer.max_steps {old_steps} -> {cfg.trainer.max_steps}"
+    if old_decay != cfg.scheduler.decay_steps:
+        change += f", scheduler.decay_steps {old_decay} -> {cfg.scheduler.decay_steps}"
+    raise ConfigError(
+        f"{change} would re-plan the {cfg.scheduler.name} "
+        f"schedule: at step {step} the learning rate would jump from {old:.3g} to {new:.3g}. To train on at "
+        f"the decayed rate, also set scheduler.decay_steps={old_scheduler.decay_steps or old_steps}; "
+        "for runs "
+        "meant to be extended, train with scheduler=wsd (extend it before its cool-down starts) or "
+        "scheduler=constant"
+    )
 
 
 def run_files(run_dir: Path, metrics_file: str) -> list[Path]:

@@ -13,6 +13,7 @@ class LRSchedule:
     def __init__(self, cfg: SchedulerConfig, peak_lr: float, max_steps: int) -> None:
         self.cfg = cfg
         self.peak_lr = peak_lr
+        self.min_lr = cfg.min_lr_ratio * peak_lr
         self.decay_steps = cfg.decay_steps or max_steps
 
     def __call__(self, step: int) -> float:
@@ -22,14 +23,19 @@ class LRSchedule:
         if cfg.name == "constant":
             return peak
         if step >= end:
-            return cfg.min_lr
+            return self.min_lr
         if cfg.name == "wsd":
-            decay_start = end - int(cfg.wsd_decay_fraction * end)
+            decay_start = self.wsd_decay_start
             if step < decay_start:
                 return peak
             progress = (step - decay_start) / max(1, end - decay_start)
-            return peak + progress * (cfg.min_lr - peak)
+            return peak + progress * (self.min_lr - peak)
         progress = (step - cfg.warmup_steps) / max(1, end - cfg.warmup_steps)
         if cfg.name == "linear":
-            return peak + progress * (cfg.min_lr - peak)
-        return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - cfg.min_lr)
+            return peak + progress * (self.min_lr - peak)
+        return self.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - self.min_lr)
+
+    @property
+    def wsd_decay_start(self) -> int:
+        """wsd: the step where the flat part ends and the decay begins."""
+        return self.decay_steps - int(self.cfg.wsd_decay_fraction * self.decay_steps)

@@ -1,17 +1,20 @@
-"""What a run is about to do, in one screen: model size, FLOPs, batch, layout, data, where it writes."""
+"""What a run is about to do, in one screen: size, FLOPs, batch, length, data, memory, where it writes."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from gptforge.config import Config, DataConfig
 from gptforge.models import GPT
 from gptforge.models.lora import apply_lora
-from gptforge.trainer.strategies import Strategy
+from gptforge.trainer.memory import estimate_memory
+
+if TYPE_CHECKING:
+    from gptforge.trainer.plan import RunPlan
 
 
 @dataclass(frozen=True)
@@ -34,12 +37,20 @@ class RunSummary:
     peak_flops_per_sec: float | None
     peak_flops_source: str
     data: str
+    corpus_tokens: int | None  # training tokens in the corpus, where the loader knows them
+    init_from: str | None
+    memory: str
     run_dir: str
     start_step: int
     max_steps: int
+    max_tokens: float | None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.max_steps * self.tokens_per_step
 
     def rows(self) -> list[tuple[str, str]]:
         """(label, value) pairs for people."""
@@ -54,19 +65,32 @@ class RunSummary:
         if self.peak_flops_per_sec:
             peak = f"{_si(self.peak_flops_per_sec)}FLOP/s per device ({self.peak_flops_source})"
         start = f"resuming at step {self.start_step}" if self.start_step else "from step 0"
-        return [
+        budget = f" (trainer.max_tokens={self.max_tokens:g})" if self.max_tokens is not None else ""
+        length = (
+            f"{self.max_steps:,} steps x {self.tokens_per_step:,} = {_si(self.total_tokens)} tokens{budget}"
+        )
+        rows = [
             ("parameters", params),
             ("FLOPs per token", f"{_si(self.flops_per_token)} (6N + attention, forward + backward)"),
             ("tokens per step", f"{self.tokens_per_step:,} ({batch})"),
+            ("length", f"{length}, {start}"),
             ("world size", str(self.world_size)),
             ("strategy", self.strategy),
             ("precision", self.precision),
             ("device", self.device),
+            ("memory (estimate)", self.memory),
             ("peak for MFU", peak),
             ("data", self.data),
-            ("steps", f"{self.max_steps:,}, {start}"),
-            ("run directory", self.run_dir),
         ]
+        if self.corpus_tokens:
+            epochs = self.total_tokens / self.corpus_tokens
+            rows.append(
+                ("corpus", f"{_si(self.corpus_tokens)} training tokens: the run reads {epochs:.2f} epochs")
+            )
+        if self.init_from:
+            rows.append(("init from", self.init_from))
+        rows.append(("run directory", self.run_dir))
+        return rows
 
     def lines(self) -> list[str]:
         width = max(len(label) for label, _ in self.rows())
@@ -86,9 +110,12 @@ def describe_data(cfg: DataConfig) -> str:
     """Where the training tokens come from, in one line."""
     if cfg.source == "mixture":
         parts = [f"{source.path or source.name} (weight {source.weight:g})" for source in cfg.sources]
-        return "mixture: " + ", ".join(parts)
-    where = f"{cfg.name} [{cfg.split}]" if cfg.source == "hf_hub" else cfg.path
-    return f"{cfg.source}: {where}"
+        where = "mixture: " + ", ".join(parts)
+    else:
+        where = f"{cfg.source}: " + (f"{cfg.name} [{cfg.split}]" if cfg.source == "hf_hub" else cfg.path)
+    if cfg.source in ("local", "mixture"):
+        where += f" (text files as {cfg.text_unit}s)"
+    return where
 
 
 def describe_device(device: torch.device) -> str:
@@ -104,43 +131,46 @@ def describe_strategy(cfg: Config) -> str:
 
 
 def describe_run(
-    cfg: Config,
-    strategy: Strategy,
-    run_dir: Path,
+    plan: RunPlan,
+    precision: str,
     flops_per_token: int,
     peak_flops_per_sec: float | None,
-    grad_accum_steps: int,
     start_step: int,
+    train_loader: object | None = None,
 ) -> RunSummary:
-    """The summary of `cfg` as laid out by `strategy`; parameters are counted on a meta-device model."""
+    """The summary of a planned run; parameters are counted on a meta-device model."""
+    cfg = plan.cfg
     with torch.device("meta"):  # no memory, and works when the strategy has sharded the real weights
         model = GPT(cfg.model)
         total, non_embedding = model.num_params(non_embedding=False), model.num_params(non_embedding=True)
         apply_lora(model, cfg.model.lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    tokens_per_step = (
-        cfg.trainer.micro_batch_size * grad_accum_steps * strategy.world_size * cfg.model.block_size
-    )
+    activation_bytes = 2 if precision in ("bf16", "fp16") else 4
+    memory = estimate_memory(cfg, trainable, total, plan.world.world_size, activation_bytes)
     return RunSummary(
         name=cfg.name,
         params_total=total,
         params_non_embedding=non_embedding,
         params_trainable=trainable,
         flops_per_token=flops_per_token,
-        tokens_per_step=tokens_per_step,
+        tokens_per_step=plan.tokens_per_step,
         micro_batch_size=cfg.trainer.micro_batch_size,
-        grad_accum_steps=grad_accum_steps,
+        grad_accum_steps=plan.grad_accum_steps,
         block_size=cfg.model.block_size,
-        world_size=strategy.world_size,
+        world_size=plan.world.world_size,
         strategy=describe_strategy(cfg),
-        precision=strategy.precision_name,
-        device=describe_device(strategy.device),
+        precision=precision,
+        device=describe_device(plan.device),
         peak_flops_per_sec=peak_flops_per_sec,
         peak_flops_source="trainer.peak_flops_per_sec"
         if cfg.trainer.peak_flops_per_sec
         else "bf16 dense table",
         data=describe_data(cfg.data),
-        run_dir=str(run_dir.resolve()),
+        corpus_tokens=getattr(train_loader, "corpus_tokens", None),
+        init_from=plan.init.describe() if plan.init is not None else None,
+        memory=memory.describe(),
+        run_dir=str(plan.run_dir.resolve()),
         start_step=start_step,
         max_steps=cfg.trainer.max_steps,
+        max_tokens=cfg.trainer.max_tokens,
     )

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from gptforge.data.sources import DocumentSource, open_local
+from gptforge.data.sources import DocumentSource, TextOptions, open_local
 from gptforge.data.stream import StreamSpec
 from gptforge.data.tokenizers import ByteTokenizer
 
@@ -40,7 +40,7 @@ def write_parquet(path: Path, ids: range) -> Path:
 
 
 def local_source(path: Path | str, text_unit: str = "paragraph") -> DocumentSource:
-    return open_local(str(path), "auto", "text", text_unit, "strict")
+    return open_local(str(path), TextOptions(text_unit=text_unit))
 
 
 def spec(sources: list[DocumentSource], block_len: int = 17, **overrides) -> StreamSpec:

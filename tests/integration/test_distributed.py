@@ -41,7 +41,7 @@ STEPS = 24
 # a schedule fixed in steps, so a run stopped at step 12 and resumed continues on the same one
 SCHEDULE = [f"trainer.max_steps={STEPS}", f"scheduler.decay_steps={STEPS}", "trainer.checkpoint_every=12"]
 STRATEGY_OVERRIDES = {
-    "ddp": ["strategy=ddp"],
+    "ddp": [],  # the default, strategy=auto: ddp for several processes
     "fsdp": ["strategy=fsdp"],
     "deepspeed_zero1": ["strategy=deepspeed_zero1"],
     "deepspeed_zero2": ["strategy=deepspeed_zero2"],
@@ -67,10 +67,15 @@ def trained(tmp_path_factory):
             if name == "deepspeed_zero2":  # through DeepSpeed's own launcher, as LAUNCHER=deepspeed does
                 launcher = {"LAUNCHER": "deepspeed", "NPROC": "2", "MASTER_PORT": str(free_port())}
                 result = check(finish(launch_sh(overrides, **launcher)))
+                chatter = result.stdout + result.stderr  # the launcher's narration stays off the console
+                assert "[INFO]" not in chatter and "CUDA_VISIBLE_DEVICES" not in chatter, chatter[:2000]
             else:
                 result = check(torchrun(overrides))
             if name in RESUMED:
                 assert "resumed from" in result.stdout
+            if name == "ddp":
+                assert "  strategy           ddp" in result.stdout
+                assert "name: ddp" in (out_dir / "config.yaml").read_text()
             runs[name] = out_dir
         return runs[name]
 

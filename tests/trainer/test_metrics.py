@@ -64,6 +64,21 @@ def test_meter_reports_tokens_per_sec_mfu_and_data_wait_from_its_clock() -> None
     assert meter.report()["tokens_per_sec"] == 0  # a report starts a new window
 
 
+def test_checkpoint_and_evaluation_time_are_left_out_of_throughput() -> None:
+    clock = FakeClock()
+    meter = ThroughputMeter(1000, peak_per_device=None, world_size=1, clock=clock)
+    for _ in range(4):  # four steps of 0.25 s, with a 3 s checkpoint and a 1 s evaluation among them
+        clock.now += 0.25
+        meter.update(500)
+        with meter.paused():
+            clock.now += 1.0
+    with meter.paused():
+        clock.now += 1.0
+    report = meter.report()
+    assert report["tokens_per_sec"] == pytest.approx(2000 / 1.0)  # not 2000 / 6.0
+    assert report["step_time_s"] == pytest.approx(0.25)
+
+
 class TwoRanks:
     """Rank 0 of two, whose partner took 0.7 s (0.3 s of it waiting for data) with 3 GiB at its peak."""
 
@@ -100,7 +115,7 @@ def test_a_run_logs_positive_throughput_and_an_mfu_below_one(tiny_config) -> Non
     train(cfg, Path(cfg.out_dir))
     lines = (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()
     records = [r for r in map(json.loads, lines) if "loss" in r]
-    assert [r["step"] for r in records] == [4, 8, 12]
+    assert [r["step"] for r in records] == [1, 4, 8, 12]
     for r in records:
         assert r["tokens_per_sec"] > 0
         assert r["tokens_per_sec_per_device"] == r["tokens_per_sec"]  # one device

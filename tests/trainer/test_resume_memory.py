@@ -18,6 +18,7 @@ WIDE_RUN = [
     "model.block_size=32",
     "trainer.micro_batch_size=2",
     "scheduler.warmup_steps=1",
+    "scheduler.decay_steps=3",  # the run is extended from 2 to 3 steps on the same schedule
     "trainer.eval_every=0",
     "trainer.log_every=1",
     "trainer.checkpoint_every=2",

@@ -7,11 +7,12 @@ import math
 import pytest
 
 from gptforge.config import SchedulerConfig
+from gptforge.errors import ConfigError
 from gptforge.trainer.schedules import LRSchedule
 
 
 def schedule(name: str, **kwargs) -> LRSchedule:
-    cfg = SchedulerConfig(name=name, warmup_steps=10, min_lr=0.1, **kwargs)
+    cfg = SchedulerConfig(name=name, warmup_steps=10, min_lr_ratio=0.1, **kwargs)
     return LRSchedule(cfg, peak_lr=1.0, max_steps=110)
 
 
@@ -54,3 +55,16 @@ def test_decay_steps_shorter_than_the_run() -> None:
     lr = schedule("cosine", decay_steps=60)
     assert lr(35) == pytest.approx(0.55)
     assert lr(80) == pytest.approx(0.1)
+
+
+def test_the_floor_follows_the_peak_so_a_lower_lr_still_decays() -> None:
+    # an absolute floor of 6e-5 under a peak of 1e-4 would have made this "decay" rise
+    lr = LRSchedule(SchedulerConfig(name="cosine", warmup_steps=10, min_lr_ratio=0.1), 1e-4, 110)
+    assert lr(10) == pytest.approx(1e-4)
+    assert lr(110) == pytest.approx(1e-5)
+    assert all(lr(step + 1) <= lr(step) for step in range(10, 120))
+
+
+def test_a_floor_above_the_peak_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"scheduler\.min_lr_ratio=1\.5 is not valid"):
+        SchedulerConfig(min_lr_ratio=1.5)

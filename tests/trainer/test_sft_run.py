@@ -73,10 +73,21 @@ def test_sft_starts_from_the_checkpoints_weights_and_tokenizer(pretrained: Path,
         assert all(torch.equal(state[k], v) for k, v in loaded.model.state_dict().items())
     finally:
         trainer.strategy.teardown()
-    with pytest.raises(
-        ConfigError, match=r"was trained with tokenizer=char, not tokenizer=byte; set tokenizer=char"
-    ):
-        train(sft_config(tmp_path / "byte", f"trainer.init_from={pretrained}", "tokenizer=byte"))
+    # the architecture and tokenizer come from the checkpoint, whatever model.* and tokenizer say
+    other = sft_config(
+        tmp_path / "byte", f"trainer.init_from={pretrained}", "tokenizer=byte", "model.n_layer=6"
+    )
+    trainer = build_trainer(other, tmp_path / "byte")
+    trainer.strategy.teardown()
+    assert (trainer.tokenizer.name, trainer.cfg.tokenizer.name, trainer.cfg.model.n_layer) == (
+        "char",
+        "char",
+        2,
+    )
+    assert (
+        f"{pretrained}" in trainer.summary().init_from
+        and "model.* and tokenizer" in trainer.summary().init_from
+    )
 
 
 def test_sft_from_a_consolidated_file_finds_the_tokenizer_it_was_trained_with(

@@ -81,6 +81,11 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[name]
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """How the summary and metrics name an autocast dtype (None: fp32)."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[dtype]
+
+
 class Strategy(ABC):
     """Sets up model and optimizer for one backend, runs forward/backward/step, saves and loads state."""
 
@@ -112,7 +117,7 @@ class Strategy(ABC):
 
     @property
     def precision_name(self) -> str:
-        return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[self.autocast_dtype]
+        return precision_name(self.autocast_dtype)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -178,6 +183,10 @@ class Strategy(ABC):
     def broadcast_flag(self, flag: bool) -> bool:
         """True on every rank if `flag` is True on any rank."""
         return flag
+
+    def broadcast_object(self, obj: object) -> object:
+        """Rank 0's `obj` (any picklable object) on every rank."""
+        return obj
 
     def teardown(self) -> None:
         return None

@@ -11,29 +11,18 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from gptforge.errors import CheckpointError
-
-LATEST = "latest"
-
-
-def resolve_checkpoint(path: Path) -> Path:
-    """A step directory from itself, a `checkpoints/` folder or a run directory (their newest checkpoint)."""
-    for root in (path, path / "checkpoints"):
-        if (root / "config.yaml").is_file() and (root / "trainer_state.json").is_file():
-            return root
-        if (root / LATEST).is_file():
-            return root / (root / LATEST).read_text().strip()
-    raise CheckpointError(f"{path} is not a checkpoint, a checkpoints/ folder or a run directory with one")
+from gptforge.trainer.checkpoint import find_checkpoint, save_safetensors
 
 
 def consolidate_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The whole model's weights from a checkpoint of any strategy and world size, and metadata about it."""
     from gptforge.trainer.strategies import STRATEGIES
 
-    directory = resolve_checkpoint(Path(path))
+    directory = find_checkpoint(Path(path))  # verified against its manifest, newest valid first
     cfg = OmegaConf.load(directory / "config.yaml")
     state = STRATEGIES[cfg.strategy.name].consolidate(directory)
     metadata = {
@@ -60,7 +49,7 @@ def _without_aliases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_consolidated(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata=metadata)
+    save_safetensors(state, path, metadata)
 
 
 def load_initial_weights(model: nn.Module, path: str | Path) -> None:

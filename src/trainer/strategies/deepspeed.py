@@ -123,7 +123,7 @@ class DeepSpeedStrategy(DistributedStrategy):
     def setup(self, model: nn.Module, optim_cfg: OptimConfig, compile: bool = False) -> None:
         import deepspeed
 
-        from gptforge.trainer.build import grad_accum_steps
+        from gptforge.trainer.plan import grad_accum_steps
 
         accum = grad_accum_steps(self.micro_batch_size, self.global_batch_size, self.world_size)
         config = deepspeed_config(

@@ -126,6 +126,12 @@ class DistributedStrategy(Strategy):
             dist.all_reduce(value, op=dist.ReduceOp.MAX)
             return bool(value.item())
 
+    def broadcast_object(self, obj: object) -> object:
+        holder = [obj]
+        with self.collective("broadcast of an object from rank 0"):
+            dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
     def teardown(self) -> None:
         # Free the model and optimizer while the process group is alive: sharded parameters hold it (and
         # the store it was made on) in reference cycles, which would otherwise be freed only as the

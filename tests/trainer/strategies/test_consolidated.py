@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from gptforge.errors import CheckpointError
 from gptforge.models import GPT
 from gptforge.trainer import train
+from gptforge.trainer.pretrained import load_checkpoint
 from gptforge.trainer.strategies.consolidated import (
     consolidate_checkpoint,
     load_initial_weights,
@@ -38,16 +39,24 @@ def test_a_tied_model_consolidates_once_and_starts_a_new_run(tiny_config, tmp_pa
     assert set(load_file(str(out))) == set(state)
 
 
-def test_init_from_a_file_of_another_model_fails_in_one_line(tiny_config, tmp_path: Path) -> None:
+def test_init_from_a_consolidated_file_adopts_its_architecture(tiny_config, tmp_path: Path) -> None:
     cfg = tiny_config("trainer.max_steps=6", "trainer.eval_every=0")
     train(cfg, Path(cfg.out_dir))
     state, metadata = consolidate_checkpoint(Path(cfg.out_dir) / "checkpoints")
     out = tmp_path / "model.safetensors"
     save_consolidated(state, out, metadata)
 
+    # the file's metadata names its model: a run asking for another width trains that model instead
     wider = tiny_config("model.n_embd=64", f"trainer.init_from={out}", f"out_dir={tmp_path / 'wider'}")
+    train(wider, Path(wider.out_dir))
+    assert load_checkpoint(Path(wider.out_dir)).cfg.model.n_embd == 32
+
+    # without that metadata the run's own model.* must fit, and a misfit is one line
+    bare = tmp_path / "bare.safetensors"
+    save_consolidated(state, bare, {"format": "pt", "source": metadata["source"]})
+    misfit = tiny_config("model.n_embd=64", f"trainer.init_from={bare}", f"out_dir={tmp_path / 'misfit'}")
     with pytest.raises(CheckpointError, match=r"does not fit the model: size mismatch") as err:
-        train(wider, Path(wider.out_dir))
+        train(misfit, Path(misfit.out_dir))
     assert "\n" not in str(err.value)
     with pytest.raises(CheckpointError, match=r"trainer\.init_from=.*nothing.safetensors does not exist"):
         load_initial_weights(GPT(compose_model_config(cfg, 66)), tmp_path / "nothing.safetensors")
