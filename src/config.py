@@ -161,6 +161,7 @@ class DataConfig:
     text_field: str = "text"  # json/parquet/hub: the column holding each document's text
     prompt_field: str = "prompt"  # sft: the field holding each example's prompt (context, no loss)
     response_field: str = "response"  # sft: the field holding its response (learned, then EOS)
+    messages_field: str | None = None  # sft: a field of OpenAI-style messages, read instead of the two above
     text_unit: str = "document"  # .txt files: one document per file, paragraph (blank-line separated) or line
     encoding_errors: str = "strict"  # strict: non-UTF-8 text is an error; replace: decode it with U+FFFD
     shuffle_blocks: int = 1024  # blocks (sequences) shuffled together per stream; 0: no shuffling

@@ -47,7 +47,7 @@ def open_sources(cfg: DataConfig, val: bool = False) -> tuple[list[DocumentSourc
     def local(path: str, key: str) -> DocumentSource:
         if cfg.source == "sft":
             fields = (cfg.prompt_field, cfg.response_field)
-            return open_examples(path, cfg.text_format, *fields, cfg.encoding_errors, key)
+            return open_examples(path, cfg.text_format, *fields, cfg.encoding_errors, key, cfg.messages_field)
         return open_local(path, cfg.text_format, cfg.text_field, cfg.text_unit, cfg.encoding_errors, key)
 
     if cfg.source == "hf_hub":
@@ -76,7 +76,7 @@ def _all_texts(cfg: DataConfig) -> Iterator[str]:
     for source in sources:
         for unit in range(source.n_units):
             for document in source.documents(unit):
-                yield document if isinstance(document, str) else "".join(document)  # prompt + response
+                yield document if isinstance(document, str) else document.text
 
 
 def build_data_tokenizer(cfg: DataConfig, tokenizer_cfg: TokenizerConfig) -> Tokenizer:
