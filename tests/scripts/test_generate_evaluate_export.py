@@ -61,6 +61,9 @@ def test_generate_is_repeatable_under_a_seed(run: tuple[Path, dict]) -> None:
     assert first.stdout.startswith("ROMEO:")
     assert first.stdout == again.stdout
     assert first.stdout != other.stdout
+    # 6 + 40 tokens run past block_size=32: the window slides, and the user is told once
+    (warning,) = first.stderr.splitlines()
+    assert warning.startswith("warning: 6 prompt tokens + --max-new-tokens 40") and "block_size=32" in warning
 
 
 def test_scripts_report_a_bad_checkpoint_in_one_line(tmp_path: Path) -> None:
