@@ -96,6 +96,7 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.autocast_dtype = autocast_dtype
         self.active = 0  # requests in the batch now
+        self.peak_active = 0  # the most requests decoded together so far
         self._pending: queue.Queue[Request | None] = queue.Queue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="gptforge-engine", daemon=True)
@@ -145,6 +146,7 @@ class Engine:
                 if self._closed:
                     return
                 rows += new
+                self.peak_active = max(self.peak_active, len(rows))
                 try:
                     if new:
                         self._advance(new, batch.add([request.prompt for request in new]))
