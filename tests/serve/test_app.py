@@ -161,6 +161,31 @@ def test_eight_concurrent_clients_each_get_their_own_answer(server: Server) -> N
     assert alone[3] != alone[7]  # the same prompt sampled under seeds 3 and 7
 
 
+def test_several_prompts_and_choices_come_back_in_order_with_their_seeds(server: Server) -> None:
+    client = server.client()
+    prompts, options = ["ROMEO:", "KING:"], {"max_tokens": 8, "temperature": 1.0, "seed": 5}
+    answer = client.completions.create(model=server.model, prompt=prompts, n=2, **options)
+    assert [c.index for c in answer.choices] == [0, 1, 2, 3]
+    for i, prompt in enumerate(prompts):
+        for j in range(2):  # choice j samples with seed + j
+            alone = client.completions.create(model=server.model, prompt=prompt, **options | {"seed": 5 + j})
+            assert answer.choices[2 * i + j].text == alone.choices[0].text
+    assert answer.usage.prompt_tokens == 2 * (6 + 5)
+    chunks = list(
+        client.completions.create(
+            model=server.model,
+            prompt=prompts,
+            n=2,
+            stream=True,
+            stream_options={"include_usage": True},
+            **options,
+        )
+    )
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == answer.usage.total_tokens
+    for index, choice in enumerate(answer.choices):
+        assert "".join(c.choices[0].text for c in chunks[:-1] if c.choices[0].index == index) == choice.text
+
+
 BAD_REQUESTS = [
     # (path, body: JSON text, status, the field the error names, its code)
     ("/v1/completions", '{"prompt": "ROMEO:", "max_tokens": ', 400, None, "invalid_json"),
