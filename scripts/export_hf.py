@@ -10,9 +10,10 @@ The argument may also be a run directory or its checkpoints/ folder (their newes
 Tokenizer files (tokenizer.json for PreTrainedTokenizerFast, tokenizer_config.json): bpe is copied as
 trained; gpt2 (tiktoken) and byte are written as the equivalent byte-level BPE; char has no HF class of its
 own and is written as a one-character-per-token WordLevel tokenizer, which encodes exactly the characters
-it was trained on (any other character is an error, as in gptforge) and decodes by joining. No chat
-template is written. gptforge's own tokenizer files are written too, so the directory also works with
-`trainer.init_from=hf:<out_dir>`.
+it was trained on (any other character is an error, as in gptforge) and decodes by joining. A fine-tune
+(data=sft) gets the chat format's `chat_template` (gptforge.data.chat), so apply_chat_template gives the
+prompts gptforge trained on and serves. gptforge's own tokenizer files are written too, so the directory
+also works with `trainer.init_from=hf:<out_dir>`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from gptforge.cli import HelpFormatter, run_cli
 from gptforge.data import Tokenizer
+from gptforge.data.chat import chat_template
 from gptforge.models.hf import to_hf_state_dict
 from gptforge.models.lora import merge_lora
 from gptforge.trainer.pretrained import load_checkpoint, write_hf_dir
@@ -103,7 +105,9 @@ def hf_tokenizer(tokenizer: Tokenizer) -> HFTokenizer:
     return hf
 
 
-def write_tokenizer(tokenizer: Tokenizer, out_dir: Path, max_length: int) -> None:
+def write_tokenizer(
+    tokenizer: Tokenizer, out_dir: Path, max_length: int, template: str | None = None
+) -> None:
     """tokenizer.json + tokenizer_config.json for AutoTokenizer, and gptforge's own tokenizer files."""
     tokenizer.save(out_dir)
     hf_tokenizer(tokenizer).save(str(out_dir / "tokenizer.json"))
@@ -115,6 +119,8 @@ def write_tokenizer(tokenizer: Tokenizer, out_dir: Path, max_length: int) -> Non
         "model_max_length": max_length,
         "clean_up_tokenization_spaces": False,
     }
+    if template is not None:
+        config["chat_template"] = template
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     special = {"bos_token": eos, "eos_token": eos}
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special, ensure_ascii=False) + "\n")
@@ -132,7 +138,9 @@ def main(argv: list[str] | None = None) -> Path:
     state = {name: tensor.to(DTYPES[args.dtype]) for name, tensor in state.items()}
     hf_config["torch_dtype"] = args.dtype
     write_hf_dir(args.out_dir, hf_config, state)
-    write_tokenizer(loaded.tokenizer, args.out_dir, loaded.cfg.model.block_size)
+    write_tokenizer(
+        loaded.tokenizer, args.out_dir, loaded.cfg.model.block_size, chat_template(loaded.cfg.data)
+    )
     print(f"wrote {args.out_dir}: {hf_config['architectures'][0]} from {loaded.directory}")
     return args.out_dir
 

@@ -5,6 +5,8 @@
 The argument may be a step_<N> dir, a checkpoints/ folder or a run directory (its newest valid checkpoint).
 Sampling stops at the tokenizer's EOS unless --ignore-eos; the same --seed gives the same text on the same
 device. On CUDA the forward runs under bf16 autocast where supported. GPTFORGE_DEBUG=1 shows tracebacks.
+Past model.block_size tokens (prompt + new) the context slides, with a warning: the model sees only the
+last block_size tokens (an exported Hugging Face GPT-2 model cannot go there at all).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from gptforge.cli import run_cli
 from gptforge.errors import ConfigError
 from gptforge.models import generate
+from gptforge.serve.text import completion_text, prompt_ids
 from gptforge.trainer.pretrained import load_checkpoint
 from gptforge.trainer.strategies.base import resolve_device, resolve_precision
 
@@ -49,9 +52,16 @@ def main(argv: list[str] | None = None) -> list[str]:
     device = resolve_device(args.device)
     loaded = load_checkpoint(args.checkpoint, device)
     tokenizer = loaded.tokenizer
-    # an empty prompt starts a new document, as training data does after EOS
-    prompt_ids = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eos_id]
-    prompt = torch.tensor([prompt_ids] * args.num_samples, device=device)
+    ids = prompt_ids(tokenizer, args.prompt)
+    block_size = loaded.cfg.model.block_size
+    if len(ids) + args.max_new_tokens > block_size:
+        print(
+            f"warning: {len(ids)} prompt tokens + --max-new-tokens {args.max_new_tokens} run past "
+            f"model.block_size={block_size}; from there the context slides (the model sees the last "
+            f"{block_size} tokens), and an exported Hugging Face GPT-2 model would fail",
+            file=sys.stderr,
+        )
+    prompt = torch.tensor([ids] * args.num_samples, device=device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     dtype = resolve_precision("auto", device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
@@ -66,11 +76,10 @@ def main(argv: list[str] | None = None) -> list[str]:
             eos_id=None if args.ignore_eos else tokenizer.eos_id,
             generator=generator,
         )
-    texts = []
-    for row in out[:, len(prompt_ids) :].tolist():
-        if not args.ignore_eos and tokenizer.eos_id in row:
-            row = row[: row.index(tokenizer.eos_id)]
-        texts.append(args.prompt + tokenizer.decode(row))
+    texts = [
+        args.prompt + completion_text(tokenizer, row, stop_at_eos=not args.ignore_eos)
+        for row in out[:, len(ids) :].tolist()
+    ]
     for i, text in enumerate(texts):
         separator = "" if i == 0 else "\n" + "-" * 40 + "\n"
         sys.stdout.write(separator + text)

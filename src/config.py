@@ -173,6 +173,7 @@ class DataConfig:
     text_field: str = "text"  # json/parquet/hub: the column holding each document's text
     prompt_field: str = "prompt"  # sft: the field holding each example's prompt (context, no loss)
     response_field: str = "response"  # sft: the field holding its response (learned, then EOS)
+    messages_field: str | None = None  # sft: a field of OpenAI-style messages, read instead of the two above
     # .txt (and text_suffixes) files: paragraph (blank-line separated blocks, the default everywhere: a
     # single-file corpus still has documents to hold out), document (one per file: source code) or line
     text_unit: str = "paragraph"

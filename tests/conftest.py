@@ -67,3 +67,19 @@ def tiny_config(tmp_path: Path):
         return compose_config([*TINY, f"out_dir={tmp_path / 'run'}", *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def sft_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A chat model: the TINY model pretrained for a few steps, then fine-tuned on data/sft_example.jsonl."""
+    from gptforge.trainer import train
+
+    root = tmp_path_factory.mktemp("sft_run")
+    few = ["trainer.max_steps=8", "scheduler.warmup_steps=2", "trainer.eval_every=0"]
+    corpus = f"data.path={ROOT / 'data' / 'tinyshakespeare.txt'}"
+    train(compose_config([*TINY, *few, corpus, f"out_dir={root / 'pretrain'}"]))
+    model = [override for override in TINY if not override.startswith("experiment=")]
+    examples = f"data.path={ROOT / 'data' / 'sft_example.jsonl'}"
+    init_from = f"trainer.init_from={root / 'pretrain'}"
+    train(compose_config(["experiment=sft", *model, *few, examples, init_from, f"out_dir={root / 'sft'}"]))
+    return root / "sft"

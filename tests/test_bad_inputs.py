@@ -198,6 +198,11 @@ CASES = {
         script="generate.py",
         guards=lambda tmp, run: tmp / "corrupt",
     ),
+    "serve a missing checkpoint": Case(
+        lambda tmp, run: [str(tmp / "nowhere"), "--port", "0"],
+        ("nowhere does not exist", "step_<N>"),
+        script="serve.py",
+    ),
     "export a missing checkpoint": Case(
         lambda tmp, run: [str(tmp / "nowhere"), str(tmp / "hf")],
         ("nowhere does not exist", "step_<N>"),

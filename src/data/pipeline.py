@@ -49,7 +49,7 @@ def open_sources(cfg: DataConfig, val: bool = False) -> tuple[list[DocumentSourc
     def local(path: str, key: str) -> DocumentSource:
         if cfg.source == "sft":
             fields = (cfg.prompt_field, cfg.response_field)
-            return open_examples(path, cfg.text_format, *fields, cfg.encoding_errors, key)
+            return open_examples(path, cfg.text_format, *fields, cfg.encoding_errors, key, cfg.messages_field)
         return open_local(path, TextOptions.of(cfg), key)
 
     if cfg.source == "hf_hub":
@@ -86,7 +86,7 @@ def corpus_documents(cfg: DataConfig, with_val: bool = True) -> Iterator[str]:
     for source in sources:
         for unit in range(source.n_units):
             for document in source.documents(unit):
-                yield document if isinstance(document, str) else "".join(document)  # prompt + response
+                yield document if isinstance(document, str) else document.text
 
 
 def describe_source(cfg: DataConfig) -> str:

@@ -1,9 +1,12 @@
-"""Supervised fine-tuning data: prompt/response examples (JSON Lines or Parquet), learned on responses only.
+"""Supervised fine-tuning data: prompt/response pairs or conversations (JSON Lines or Parquet), learned on
+the replies only.
 
-An example becomes prompt ids + response ids + EOS. The prompt is context: the loss never asks the model
-to predict its tokens; the response and the closing EOS are learned. `ExamplePacker` packs examples into
-blocks as documents are packed, each token carrying its loss flag, and the loader turns the targets of
-unlearned tokens into -100.
+An example is a conversation and its reply: a prompt/response pair is the one-turn conversation [user:
+prompt], a `messages` list is the turns before its last (assistant) message. The conversation is rendered
+by the chat format (`gptforge.data.chat`) into the prompt, so the example becomes prompt ids + response
+ids + EOS. The prompt is context: the loss never asks the model to predict its tokens; the response and
+the closing EOS are learned. `ExamplePacker` packs examples into blocks as documents are packed, each
+token carrying its loss flag, and the loader turns the targets of unlearned tokens into -100.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from gptforge.data.chat import Message, conversation_problem, encode_texts, render_chat
 from gptforge.data.sources import DocumentSource, TextOptions, detect_format, open_local, resolve_files
 from gptforge.data.tokenizers import Tokenizer
 from gptforge.errors import DataError
@@ -21,18 +25,30 @@ EXAMPLE_FORMATS = ("json", "parquet")
 
 
 class Example(NamedTuple):
-    """One fine-tuning pair: the prompt (context, no loss) and the response (learned)."""
+    """One fine-tuning example: the conversation so far (context, no loss) and the reply (learned)."""
 
-    prompt: str
+    messages: tuple[Message, ...]
     response: str
+
+    @classmethod
+    def pair(cls, prompt: str, response: str) -> Example:
+        """A prompt/response pair: the one-turn conversation [user: prompt] and its reply."""
+        return cls(({"role": "user", "content": prompt},), response)
+
+    @property
+    def text(self) -> str:
+        """Every character the example holds (a char tokenizer's alphabet comes from these)."""
+        return "".join(message["content"] for message in self.messages) + self.response
 
 
 @dataclass
 class ExampleSource(DocumentSource):
-    """Prompt/response examples, one per JSON Lines line or Parquet row, read a shard (file) at a time."""
+    """Fine-tuning examples, one per JSON Lines line or Parquet row, read a shard (file) at a time: a
+    prompt/response pair, or a list of messages when `messages_field` is set."""
 
     prompt_field: str = "prompt"
     response_field: str = "response"
+    messages_field: str | None = None
 
     def documents(self, unit: int, skip: int = 0) -> Iterator[Example]:
         """The examples of shard `unit` from its `skip`-th on; a missing field or empty response fails."""
@@ -45,13 +61,17 @@ class ExampleSource(DocumentSource):
 
     def _example(self, batch: dict, i: int, unit: int, row: int) -> Example:
         """Row `i` of `batch` (row `row` of the shard), or a DataError naming file, line and field."""
+        if self.messages_field is not None:
+            messages = self._field(batch, i, unit, row, self.messages_field, "data.messages_field")
+            problem = conversation_problem(messages)
+            if problem:
+                raise DataError(f"{self._where(unit, row)}: field {self.messages_field!r} {problem}")
+            turns = tuple({"role": m["role"], "content": m["content"]} for m in messages)
+            return Example(turns[:-1], turns[-1]["content"])
         fields = ((self.prompt_field, "data.prompt_field"), (self.response_field, "data.response_field"))
         values = []
         for name, key in fields:
-            value = batch[name][i] if name in batch else None
-            if value is None:
-                present = ", ".join(k for k, column in batch.items() if column[i] is not None) or "none"
-                raise DataError(f"{self._where(unit, row)}: no field {name!r} ({key}); its fields: {present}")
+            value = self._field(batch, i, unit, row, name, key)
             if not isinstance(value, str):
                 kind = type(value).__name__
                 raise DataError(f"{self._where(unit, row)}: field {name!r} holds {kind}, not text")
@@ -62,7 +82,14 @@ class ExampleSource(DocumentSource):
                 f"{self._where(unit, row)}: field {self.response_field!r} is empty; "
                 "every example needs a response to learn from"
             )
-        return Example(prompt, response)
+        return Example.pair(prompt, response)
+
+    def _field(self, batch: dict, i: int, unit: int, row: int, name: str, key: str) -> object:
+        value = batch[name][i] if name in batch else None
+        if value is None:
+            present = ", ".join(k for k, column in batch.items() if column[i] is not None) or "none"
+            raise DataError(f"{self._where(unit, row)}: no field {name!r} ({key}); its fields: {present}")
+        return value
 
     def _where(self, unit: int, row: int) -> str:
         """`file:line` for a .jsonl file (whose blank lines hold no example), else `file row N`."""
@@ -83,21 +110,31 @@ def open_examples(
     response_field: str,
     encoding_errors: str,
     key: str = "data.path",
+    messages_field: str | None = None,
 ) -> ExampleSource:
-    """Stream the prompt/response examples of the JSON Lines or Parquet files `path` names."""
+    """Stream the examples of the JSON Lines or Parquet files `path` names."""
     builder = detect_format(resolve_files(path, key), text_format, key)
     if builder not in EXAMPLE_FORMATS:
+        fields = (
+            f"a {messages_field!r} field" if messages_field else f"{prompt_field!r} and {response_field!r}"
+        )
         raise DataError(
             f"{key}={path} holds {builder} files; data=sft reads JSON Lines or Parquet with "
-            f"{prompt_field!r} and {response_field!r} fields, one example per line or row"
+            f"{fields} fields, one example per line or row"
         )
     options = TextOptions(builder, response_field, "document", encoding_errors)
     source = open_local(path, options, key)
-    return ExampleSource(**vars(source), prompt_field=prompt_field, response_field=response_field)
+    return ExampleSource(
+        **vars(source),
+        prompt_field=prompt_field,
+        response_field=response_field,
+        messages_field=messages_field,
+    )
 
 
 def encode_examples(tokenizer: Tokenizer, examples: list[Example]) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, response ids) of each example, encoded apart so that they meet at a token boundary."""
-    prompts = tokenizer.encode_batch([example.prompt for example in examples])
-    responses = tokenizer.encode_batch([example.response for example in examples])
-    return list(zip(prompts, responses, strict=True))
+    """(prompt ids, response ids) of each example: its conversation rendered by the chat format, and its
+    reply, encoded apart so that they meet at a token boundary."""
+    prompts = [render_chat(example.messages, tokenizer.eos_token) for example in examples]
+    responses = [example.response for example in examples]
+    return list(zip(encode_texts(tokenizer, prompts), encode_texts(tokenizer, responses), strict=True))

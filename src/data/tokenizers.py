@@ -21,6 +21,7 @@ class Tokenizer(Protocol):
     name: str
     vocab_size: int
     eos_id: int
+    eos_token: str
 
     def encode(self, text: str) -> list[int]: ...
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptforge.config import ModelConfig
-from gptforge.models.layers import Block, KVCache, build_norm, rope_cache
+from gptforge.models.layers import Block, KVCache, build_norm, rope_cache, visible_keys
 
 IGNORE_INDEX = -100  # a target the loss skips (prompt tokens in fine-tuning)
 
@@ -68,28 +68,34 @@ class GPT(nn.Module):
         input_ids: torch.Tensor,
         targets: torch.Tensor | None = None,
         kv_cache: list[KVCache] | None = None,
+        positions: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab_size) and, given targets (B, T), the mean cross-entropy ignoring -100s.
 
         With `kv_cache` (from `new_kv_cache`) the input continues the tokens already cached and is added
-        to the cache.
+        to the cache. Rows of different lengths decode together left-padded: `positions` (B, T) is each
+        token's position in its own row (default: the cached length onwards, alike for every row) and
+        `attention_mask` (B, cached + T) marks the keys that are real tokens; padding is never attended.
         """
-        _, T = input_ids.size()
+        B, T = input_ids.size()
         start = kv_cache[0].length if kv_cache else 0
-        if start + T > self.cfg.block_size:
-            raise ValueError(
-                f"{start} cached + {T} new tokens exceed model.block_size={self.cfg.block_size}; "
-                "crop the input to the last block_size tokens"
-            )
+        self._check_window(B, T, start, positions, attention_mask)
         x = self.wte(input_ids)  # (B, T, n_embd)
         rope = None
+        if positions is None:
+            positions = torch.arange(start, start + T, device=input_ids.device)  # (T,): every row alike
+            if self.wpe is None:
+                rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])  # (T, head_dim)
+        elif self.wpe is None:
+            # each row its own angles: (B, 1, T, head_dim), broadcast over the heads
+            rope = (self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1))
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(start, start + T, device=input_ids.device))
-        else:
-            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])  # (T, head_dim)
+            x = x + self.wpe(positions)
+        mask = None if attention_mask is None else visible_keys(attention_mask, start, T)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, kv_cache[i] if kv_cache else None)
+            x = block(x, rope, kv_cache[i] if kv_cache else None, mask)
         logits = self.lm_head(self.norm_f(x))  # (B, T, vocab_size)
         loss = None
         if targets is not None:
@@ -97,6 +103,33 @@ class GPT(nn.Module):
             flat_logits = logits.float().view(-1, logits.size(-1))
             loss = F.cross_entropy(flat_logits, targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
+
+    def _check_window(
+        self,
+        B: int,
+        T: int,
+        start: int,
+        positions: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+    ) -> None:
+        block_size = self.cfg.block_size
+        if positions is None and start + T > block_size:
+            raise ValueError(
+                f"{start} cached + {T} new tokens exceed model.block_size={block_size}; "
+                "crop the input to the last block_size tokens"
+            )
+        if positions is not None:
+            if positions.shape != (B, T):
+                raise ValueError(
+                    f"positions has shape {tuple(positions.shape)}; it must be (B, T) = {(B, T)}"
+                )
+            if bool(((positions < 0) | (positions >= block_size)).any()):
+                raise ValueError(f"positions must lie in [0, model.block_size={block_size})")
+        if attention_mask is not None and attention_mask.shape != (B, start + T):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; it must be "
+                f"(B, cached + T) = {(B, start + T)}"
+            )
 
     def new_kv_cache(self) -> list[KVCache]:
         """An empty KV cache, one `KVCache` per block, for incremental decoding with `forward`."""

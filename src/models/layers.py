@@ -52,6 +52,18 @@ class KVCache:
         return self.k, self.v
 
 
+def visible_keys(attention_mask: torch.Tensor, past: int, T: int) -> torch.Tensor:
+    """Which keys each new token attends to, (B, 1, T, past + T), from the real keys (B, past + T).
+
+    Causal, padding left out; a padding token sees itself, so that its row of scores is never all -inf
+    (NaN there would reach the real tokens through 0 * NaN).
+    """
+    query_pos = torch.arange(past, past + T, device=attention_mask.device).unsqueeze(1)  # (T, 1)
+    key_pos = torch.arange(past + T, device=attention_mask.device)  # (past + T,)
+    causal = key_pos <= query_pos  # (T, past + T)
+    return (causal & attention_mask[:, None, None, :].bool()) | (key_pos == query_pos)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head or grouped-query causal attention; q, k and v come from one fused projection."""
 
@@ -68,7 +80,9 @@ class CausalSelfAttention(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`mask` (B, 1, T, past + T) from `visible_keys` replaces the plain causal mask when given."""
         B, T, _ = x.size()
         q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
@@ -86,17 +100,19 @@ class CausalSelfAttention(nn.Module):
             # repeated by hand because SDPA's enable_gqa needs torch >= 2.5
             group = self.n_head // self.n_kv_head
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        mask = None
-        if past and T > 1:
-            # new tokens see every cached token, and the new ones up to themselves
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        is_causal = False
+        if mask is None:
+            is_causal = past == 0 and T > 1
+            if past and T > 1:
+                # new tokens see every cached token, and the new ones up to themselves
+                mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask,
             dropout_p=self.dropout_p if self.training else 0.0,
-            is_causal=past == 0 and T > 1,
+            is_causal=is_causal,
         )  # (B, n_head, T, head_dim)
         y = y.transpose(1, 2).contiguous().view(B, T, q_dim)
         return self.proj(y)
@@ -145,6 +161,7 @@ class Block(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.norm_1(x), rope, cache))
+        x = x + self.dropout(self.attn(self.norm_1(x), rope, cache, mask))
         return x + self.dropout(self.mlp(self.norm_2(x)))

@@ -16,9 +16,10 @@ from data_helpers import BYTES, spec
 
 from gptforge.config import DataConfig, ModelConfig, TokenizerConfig
 from gptforge.data import BatchLayout, StreamingLoader, build_data, build_data_tokenizer
+from gptforge.data.chat import encode_texts, render_chat
 from gptforge.data.loader import IGNORE_INDEX, inputs_and_targets
 from gptforge.data.packing import ExamplePacker
-from gptforge.data.sft import open_examples
+from gptforge.data.sft import encode_examples, open_examples
 from gptforge.data.stream import BlockStream
 from gptforge.errors import ConfigError, DataError
 from gptforge.models import GPT
@@ -215,3 +216,44 @@ def test_the_bundled_example_file_reads_with_the_shakespeare_alphabet() -> None:
     assert len(examples) >= 300 and Path(cfg.path).stat().st_size < 200_000
     alphabet = set(build_data_tokenizer(cfg, TokenizerConfig(name="char")).chars)
     assert alphabet <= set((ROOT / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8"))
+
+
+def test_messages_render_through_the_chat_format_and_only_the_last_reply_is_learned(tmp_path: Path) -> None:
+    conversation = [
+        {"role": "system", "content": "sys;"},
+        {"role": "user", "content": "q1;"},
+        {"role": "assistant", "content": "A1."},
+        {"role": "user", "content": "q2;"},
+        {"role": "assistant", "content": "A2."},
+    ]
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": conversation, "id": 1}) + "\n")
+    source = open_examples(str(path), "auto", "prompt", "response", "strict", messages_field="messages")
+    (example,) = source.documents(0)
+    packer = ExamplePacker(block_len=64, eos_id=EOS)
+    packer.add(encode_examples(BYTES, [example]))
+    ids, learned = packer.carry
+    # the packed example is the whole conversation as the chat format spells it, EOS as EOS
+    rendered = render_chat(conversation, BYTES.eos_token, add_generation_prompt=False)
+    assert ids == encode_texts(BYTES, [rendered])[0]
+    assert ids.count(EOS) == 2 and learned == [0] * (len(ids) - 4) + [1] * 4  # "A2." and its EOS
+
+
+@pytest.mark.parametrize(
+    ("messages", "message"),
+    [
+        ([{"role": "user", "content": "q"}], "must end with an assistant message"),
+        (
+            [{"role": "robot", "content": "q"}, {"role": "assistant", "content": "A"}],
+            "message 0 needs a role",
+        ),
+        ([{"role": "assistant", "content": 5}], "message 0 needs text content"),
+        ("hello", "must be a non-empty list"),
+    ],
+)
+def test_bad_conversations_are_named_by_file_line_and_field(tmp_path: Path, messages, message: str) -> None:
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": messages}) + "\n")
+    source = open_examples(str(path), "auto", "prompt", "response", "strict", messages_field="messages")
+    with pytest.raises(DataError, match=rf"chat.jsonl:1: field 'messages' {message}"):
+        next(source.documents(0))

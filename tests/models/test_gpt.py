@@ -132,3 +132,56 @@ def test_a_few_steps_on_one_batch_reduce_the_loss(flavour: str) -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 1.0
+
+
+def left_padded(rows: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows padded on the left to one length: ids, positions (B, T) and the mask of real tokens."""
+    T = max(map(len, rows))
+    ids = torch.tensor([[pad_id] * (T - len(row)) + row for row in rows])
+    real = torch.tensor([[False] * (T - len(row)) + [True] * len(row) for row in rows])
+    positions = (real.cumsum(dim=1) - 1).clamp(min=0)
+    return ids, positions, real
+
+
+@pytest.mark.parametrize(("flavour", "extra"), FLAVOURS)
+def test_left_padded_rows_decode_as_each_row_alone(flavour: str, extra: dict) -> None:
+    model = tiny(flavour, **extra, init_std=0.5)  # a large init makes every logit depend on the context
+    rows = [torch.randint(1, 50, (n,)).tolist() for n in (5, 9, 2)]
+    continuation = torch.randint(1, 50, (3, 4))
+    ids, positions, real = left_padded(rows)
+    cache = model.new_kv_cache()
+    prefill, _ = model(ids, kv_cache=cache, positions=positions, attention_mask=real)
+    steps = []
+    for t in range(continuation.size(1)):
+        positions = positions[:, -1:] + 1
+        real = torch.cat([real, torch.ones(3, 1, dtype=torch.bool)], dim=1)
+        steps.append(
+            model(continuation[:, t : t + 1], kv_cache=cache, positions=positions, attention_mask=real)[0]
+        )
+    assert not prefill.isnan().any()
+    for i, row in enumerate(rows):
+        alone, _ = model(torch.tensor([row + continuation[i].tolist()]))
+        assert torch.allclose(prefill[i, -len(row) :], alone[0, : len(row)], atol=1e-5)
+        assert torch.allclose(torch.cat(steps, dim=1)[i], alone[0, len(row) :], atol=1e-5)
+
+
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+def test_explicit_positions_give_the_very_same_logits(flavour: str) -> None:
+    model = tiny(flavour)
+    ids = torch.randint(0, 50, (2, 10))
+    cache, explicit = model.new_kv_cache(), model.new_kv_cache()
+    expected = torch.cat([model(ids[:, :6], kv_cache=cache)[0], model(ids[:, 6:], kv_cache=cache)[0]], dim=1)
+    positions = torch.arange(10).expand(2, 10)
+    first, _ = model(ids[:, :6], kv_cache=explicit, positions=positions[:, :6])
+    second, _ = model(ids[:, 6:], kv_cache=explicit, positions=positions[:, 6:])
+    assert torch.equal(torch.cat([first, second], dim=1), expected)
+
+
+def test_positions_and_masks_of_the_wrong_shape_or_range_are_refused() -> None:
+    model, ids = tiny(), torch.zeros(2, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"positions has shape \(4,\)"):
+        model(ids, positions=torch.arange(4))
+    with pytest.raises(ValueError, match=r"model\.block_size=16"):
+        model(ids, positions=torch.full((2, 4), 16))
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 3\)"):
+        model(ids, attention_mask=torch.ones(2, 3, dtype=torch.bool))

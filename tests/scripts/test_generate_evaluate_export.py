@@ -11,6 +11,7 @@ import torch
 import transformers  # a dev dependency: installed by scripts/test.sh
 from conftest import ROOT, TINY, compose_config, run_script
 
+from gptforge.data.chat import encode_texts, render_chat
 from gptforge.trainer import train
 from gptforge.trainer.pretrained import load_checkpoint
 
@@ -60,6 +61,9 @@ def test_generate_is_repeatable_under_a_seed(run: tuple[Path, dict]) -> None:
     assert first.stdout.startswith("ROMEO:")
     assert first.stdout == again.stdout
     assert first.stdout != other.stdout
+    # 6 + 40 tokens run past block_size=32: the window slides, and the user is told once
+    (warning,) = first.stderr.splitlines()
+    assert warning.startswith("warning: 6 prompt tokens + --max-new-tokens 40") and "block_size=32" in warning
 
 
 def test_scripts_report_a_bad_checkpoint_in_one_line(tmp_path: Path) -> None:
@@ -87,3 +91,19 @@ def test_export_loads_offline_in_transformers_with_our_logits_and_tokens(
     with torch.no_grad():
         batch = torch.tensor([ids])
         assert (ours.model(batch)[0] - hf_model(batch).logits).abs().max().item() < 1e-5
+
+
+def test_the_export_of_a_fine_tune_carries_the_chat_format(sft_run: Path, tmp_path: Path) -> None:
+    result = run_script("export_hf.py", str(sft_run), str(tmp_path / "hf"), env=OFFLINE)
+    assert result.returncode == 0, result.stderr
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
+    ours = load_checkpoint(sft_run).tokenizer
+    messages = [
+        {"role": "user", "content": "ROMEO:\nSpeak.\n\nJULIET:\n"},
+        {"role": "assistant", "content": "I will."},
+        {"role": "user", "content": "\n\nROMEO:\nWhen?\n\nJULIET:\n"},
+    ]
+    text = render_chat(messages, ours.eos_token)
+    assert hf_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == text
+    ids = hf_tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
+    assert ids == encode_texts(ours, [text])[0] and ids.count(ours.eos_id) == 1
