@@ -29,14 +29,42 @@ if ! "$py" -c "import torch" 2>/dev/null; then
   fi
 fi
 
-# reinstall only when pyproject.toml or the extras changed since the last install into this .venv
-target="."
-[ -n "$extras" ] && target=".[$extras]"
+# install only when pyproject.toml changed since the last install into this .venv, or an asked-for extra's
+# requirements are not all there; extras accumulate (`setup.sh serve` after `setup.sh dev` keeps dev's)
 stamp=".venv/.gptforge-installed"
-want="$(sha256sum pyproject.toml | cut -c1-16) $target"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "gptforge setup: installing gptforge${extras:+ with [$extras]} and its dependencies"
+installed_hash="" installed_extras=""
+if [ -f "$stamp" ]; then read -r installed_hash installed_extras < "$stamp" || true; fi
+installed_extras=${installed_extras#.[}  # stamps of earlier versions: ".[dev]"
+installed_extras=${installed_extras%]}
+want_hash=$(sha256sum pyproject.toml | cut -c1-16)
+satisfied() {  # are gptforge's requirements, with these extras, all installed at fitting versions?
+  "$py" - "$1" >/dev/null 2>&1 <<'EOF'
+import sys
+from importlib import metadata
+
+from packaging.requirements import Requirement
+
+wanted, seen = {e for e in sys.argv[1].split(",") if e}, set()
+while True:
+    for line in metadata.requires("gptforge") or []:
+        req = Requirement(line)
+        if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in wanted):
+            continue
+        if req.name == "gptforge":  # one extra naming another, e.g. dev -> gptforge[serve]
+            wanted |= req.extras
+        elif not req.specifier.contains(metadata.version(req.name), prereleases=True):
+            sys.exit(1)
+    if wanted == seen:
+        break
+    seen = set(wanted)
+EOF
+}
+extras_csv=$(printf '%s\n' ${installed_extras//,/ } ${extras//,/ } | sed '/^$/d' | sort -u | paste -sd, -)
+if [ "$installed_hash" != "$want_hash" ] || ! satisfied "$extras"; then
+  target="."
+  [ -n "$extras_csv" ] && target=".[$extras_csv]"
+  echo "gptforge setup: installing gptforge${extras_csv:+ with [$extras_csv]} and its dependencies"
   "${pip[@]}" -e "$target"
-  echo "$want" > "$stamp"
+  echo "$want_hash $extras_csv" > "$stamp"
 fi
 echo "gptforge setup: ready ($("$py" -c 'import torch; print("torch", torch.__version__)'))"

@@ -460,6 +460,18 @@ def run_name(experiment: str, overrides: list[str], source: str, path: str, hub_
     return f"{experiment}-{label}" if label else experiment
 
 
+def _run_name_of(*, _root_: Any) -> str:
+    """`run_name` of the composed config: from its own `hydra` node while Hydra still holds one (a sweep
+    resolving its directory), else from the running job's HydraConfig."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra = _root_.hydra if "hydra" in _root_ else HydraConfig.get()
+    data = _root_.data
+    return run_name(
+        hydra.runtime.choices.experiment, list(hydra.overrides.task), data.source, data.path, data.name
+    )
+
+
 def register_configs() -> None:
     """Register `Config` as the schema that `configs/config.yaml` extends, and the run-name resolver."""
     from hydra.core.config_store import ConfigStore
@@ -468,9 +480,7 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="gptforge_schema", node=Config)
     from gptforge.sweep import job_dirname
 
-    OmegaConf.register_new_resolver(
-        "gptforge.run_name", lambda *args: run_name(args[0], list(args[1]), *args[2:]), replace=True
-    )
+    OmegaConf.register_new_resolver("gptforge.run_name", _run_name_of, replace=True)
     OmegaConf.register_new_resolver(
         "gptforge.sweep_job", lambda overrides, num: job_dirname(list(overrides), num), replace=True
     )
