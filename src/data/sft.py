@@ -8,7 +8,6 @@ unlearned tokens into -100.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -51,29 +50,19 @@ class ExampleSource(DocumentSource):
             value = batch[name][i] if name in batch else None
             if value is None:
                 present = ", ".join(k for k, column in batch.items() if column[i] is not None) or "none"
-                raise DataError(f"{self._where(unit, row)}: no field {name!r} ({key}); its fields: {present}")
+                where = self.row_location(unit, row)
+                raise DataError(f"{where}: no field {name!r} ({key}); its fields: {present}")
             if not isinstance(value, str):
                 kind = type(value).__name__
-                raise DataError(f"{self._where(unit, row)}: field {name!r} holds {kind}, not text")
+                raise DataError(f"{self.row_location(unit, row)}: field {name!r} holds {kind}, not text")
             values.append(value)
         prompt, response = values
         if not response.strip():
             raise DataError(
-                f"{self._where(unit, row)}: field {self.response_field!r} is empty; "
+                f"{self.row_location(unit, row)}: field {self.response_field!r} is empty; "
                 "every example needs a response to learn from"
             )
         return Example(prompt, response)
-
-    def _where(self, unit: int, row: int) -> str:
-        """`file:line` for a .jsonl file (whose blank lines hold no example), else `file row N`."""
-        name = self.unit_name(unit)
-        if self.files and self.files[unit].suffix == ".jsonl":
-            with open(self.files[unit], encoding="utf-8", errors="replace") as lines:
-                numbers = (number for number, line in enumerate(lines, 1) if line.strip())
-                number = next(itertools.islice(numbers, row, None), None)
-            if number is not None:
-                return f"{name}:{number}"
-        return f"{name} row {row + 1}"
 
 
 def open_examples(
