@@ -67,3 +67,56 @@ def tiny_config(tmp_path: Path):
         return compose_config([*TINY, f"out_dir={tmp_path / 'run'}", *overrides])
 
     return make
+
+
+def write_next_line_task(directory: Path, examples: int = 200, seed: int = 0) -> Path:
+    """A multiple-choice task from held-out Shakespeare: after a line, the true next line or one of three
+    copies of it with the words shuffled (chance: 25%). Writes next_line.jsonl and the task YAML; returns
+    the YAML's path."""
+    import itertools
+    import json
+    import random
+
+    text = (ROOT / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    lines = text[int(len(text) * 0.91) :].split("\n")  # inside the last 10%: the runs' validation split
+    rng = random.Random(seed)
+    rows = []
+    for previous, line in itertools.pairwise(lines):
+        words = line.split()
+        if not previous.strip() or len(words) < 4 or len(line) > 30:
+            continue
+        choices = [line]
+        for _ in range(100):  # three distinct shuffles, none the true line
+            shuffled = " ".join(rng.sample(words, len(words)))
+            if shuffled not in choices:
+                choices.append(shuffled)
+            if len(choices) == 4:
+                break
+        if len(choices) < 4:
+            continue
+        rng.shuffle(choices)
+        rows.append({"context": previous + "\n", "choices": choices, "gold": choices.index(line)})
+        if len(rows) == examples:
+            break
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "next_line.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    task = directory / "next_line.yaml"
+    task.write_text("path: next_line.jsonl\ntarget_delimiter: ''  # the line follows the newline\n")
+    return task
+
+
+@pytest.fixture(scope="session")
+def shakespeare_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained for 200 steps on the first 90% of tiny Shakespeare (seconds), shared by the
+    evaluation tests: its run directory."""
+    from gptforge.trainer import train
+
+    run_dir = tmp_path_factory.mktemp("shakespeare") / "run"
+    train(compose_config([*TINY, f"out_dir={run_dir}", "trainer.max_steps=200", "trainer.eval_every=0"]))
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def next_line_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The YAML of `write_next_line_task`'s task (200 examples), written once per session."""
+    return write_next_line_task(tmp_path_factory.mktemp("next_line"))

@@ -1,0 +1,55 @@
+"""scripts/evaluate.py --tasks, run as a user runs it on a checkpoint: a table, JSON, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from conftest import run_script
+
+from gptforge.config import EvalConfig
+from gptforge.eval.evaluator import build_task_evaluator
+from gptforge.eval.host import LocalHost
+from gptforge.trainer.pretrained import load_checkpoint
+
+
+def test_evaluate_prints_a_table_of_task_scores_and_writes_them_as_json(
+    shakespeare_run: Path, next_line_task: Path, tmp_path: Path
+) -> None:
+    qa = tmp_path / "qa.jsonl"
+    rows = [
+        {"prompt": "ROMEO:\nI", "references": [" will", " am"]},
+        {"prompt": "JULIET:\nO", "references": " Romeo"},
+    ]
+    qa.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = ("--tasks", str(next_line_task), str(qa), "--limit", "40", "--max-new-tokens", "6")
+    result = run_script("evaluate.py", str(shakespeare_run), *args, "--json", str(tmp_path / "scores.json"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("checkpoints/step_200:")
+    assert lines[1].split() == ["task", "metric", "value", "n-shot", "examples"]
+    assert [line.split()[:2] for line in lines[3:]] == [
+        ["next_line", "acc"],
+        ["next_line", "acc_norm"],
+        *(["qa", metric] for metric in ("exact_match", "f1", "rouge_l", "bleu")),
+    ]
+    report = json.loads((tmp_path / "scores.json").read_text())
+    assert report["tasks"]["qa"]["examples"] == 2 and report["tasks"]["next_line"]["num_fewshot"] == 0
+    loaded = load_checkpoint(shakespeare_run)
+    evaluator = build_task_evaluator(EvalConfig(tasks=[str(next_line_task)], limit=40), loaded.tokenizer, 32)
+    expected = evaluator.evaluate(LocalHost(loaded.model, torch.device("cpu")))["next_line"]
+    assert report["tasks"]["next_line"] == {**expected, "num_fewshot": 0}
+
+
+def test_a_bad_task_file_stops_evaluate_in_one_line(shakespeare_run: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    rows = [{"context": "a", "choices": ["b", "c"], "gold": 0}, {"context": "a", "choices": ["b", "c"]}]
+    bad.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = run_script("evaluate.py", str(shakespeare_run), "--tasks", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert (
+        f"error: {bad}:2: no field 'gold' (task key gold_field); its fields: context, choices"
+        in result.stderr
+    )
