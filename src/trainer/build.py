@@ -22,6 +22,7 @@ from gptforge.data import (
 )
 from gptforge.data.tokenizers import TOKENIZER_FILE
 from gptforge.errors import CheckpointError, ConfigError
+from gptforge.eval.evaluator import build_task_evaluator
 from gptforge.models import GPT
 from gptforge.models.lora import apply_lora
 from gptforge.trainer.loop import Trainer
@@ -164,6 +165,7 @@ def build_trainer(cfg: Config, run_dir: Path, strategy: Strategy | None = None) 
         tcfg.eval_batches,
     )
     train_loader, make_val_batches = build_data(cfg.data, tokenizer, layout)
+    task_evaluator = build_task_evaluator(cfg.eval, tokenizer, cfg.model.block_size, cfg.data)
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = GPT(cfg.model)
@@ -178,7 +180,16 @@ def build_trainer(cfg: Config, run_dir: Path, strategy: Strategy | None = None) 
         tokenizer.save(run_dir)
         OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
     return Trainer(
-        cfg, run_dir, strategy, tokenizer, train_loader, make_val_batches, accum, flops_per_token, resume_from
+        cfg,
+        run_dir,
+        strategy,
+        tokenizer,
+        train_loader,
+        make_val_batches,
+        accum,
+        flops_per_token,
+        resume_from,
+        task_evaluator,
     )
 
 

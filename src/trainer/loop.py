@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +10,8 @@ from omegaconf import OmegaConf
 
 from gptforge.config import Config
 from gptforge.data import RandomWindowLoader, Tokenizer
+from gptforge.eval.evaluator import TaskEvaluator, metric_record
+from gptforge.eval.loss import loss_sums, perplexity
 from gptforge.models import generate
 from gptforge.trainer import checkpoint as ckpt
 from gptforge.trainer.faults import (
@@ -45,6 +46,7 @@ class Trainer:
         grad_accum_steps: int,
         flops_per_token: int,
         resume_from: Path | None = None,
+        task_evaluator: TaskEvaluator | None = None,
     ) -> None:
         self.cfg = cfg
         self.tcfg = cfg.trainer
@@ -55,6 +57,7 @@ class Trainer:
         self.make_val_batches = make_val_batches
         self.grad_accum_steps = grad_accum_steps
         self.resume_from = resume_from  # found and checked by gptforge.trainer.resume before the build
+        self.task_evaluator = task_evaluator  # downstream tasks (eval.tasks); None: none configured
         self.config_hash = config_hash(OmegaConf.to_container(OmegaConf.structured(cfg)), strategy.world_size)
         self.schedule = LRSchedule(cfg.scheduler, cfg.optim.lr, self.tcfg.max_steps)
         self.checkpointer = ckpt.Checkpointer(
@@ -91,6 +94,8 @@ class Trainer:
                     raise Preempted.at(self.step, preemption.signal_name)
             if self.tcfg.eval_every and self.step % self.tcfg.eval_every and self.make_val_batches:
                 last |= self.evaluate()
+            if self.task_evaluator is not None and self.task_evaluator.due_at_end(self.step):
+                last |= self.evaluate_tasks()
             self.save()
         finally:
             preemption.close()
@@ -116,6 +121,8 @@ class Trainer:
             last = self.log_train(loss, grad_norm, lr)
         if self.tcfg.eval_every and self.step % self.tcfg.eval_every == 0:
             last |= self.evaluate()
+        if self.task_evaluator is not None and self.task_evaluator.due(self.step):
+            last |= self.evaluate_tasks()
         if self.tcfg.checkpoint_every and self.step % self.tcfg.checkpoint_every == 0:
             self.save()
         return last
@@ -163,19 +170,27 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Mean validation loss over `trainer.eval_batches` batches, averaged across ranks."""
+        """Validation loss over `trainer.eval_batches` batches of every rank, per scored token."""
         if self.make_val_batches is None:
             return {}
         self.strategy.model.eval()
-        losses = [
-            self.strategy.eval_loss(self.strategy.to_device(x), self.strategy.to_device(y))
-            for x, y in self.make_val_batches()
-        ]
+        to_device = self.strategy.to_device
+        total, tokens = loss_sums(
+            lambda x, y: self.strategy.eval_loss(to_device(x), to_device(y)), self.make_val_batches()
+        )
         self.strategy.model.train()
-        val_loss = self.strategy.all_reduce_mean(torch.stack(losses).mean()).item()
-        record = {"step": self.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+        sums = self.strategy.all_reduce_sum(torch.stack([total, torch.full_like(total, tokens)]))
+        val_loss = (sums[0] / sums[1]).item()
+        record = {"step": self.step, "val_loss": val_loss, "val_ppl": perplexity(val_loss)}
         self._emit(record)
         self.meter.reset()  # evaluation time is not training throughput
+        return record
+
+    def evaluate_tasks(self) -> dict:
+        """Downstream task scores (eval.tasks): every rank scores its share, rank 0 logs the totals."""
+        record = {"step": self.step, **metric_record(self.task_evaluator.evaluate(self.strategy))}
+        self._emit(record)
+        self.meter.reset()
         return record
 
     def save(self) -> None:
