@@ -71,6 +71,12 @@ def test_the_loop_logs_task_scores_to_every_logger_as_the_checkpoint_scores_them
     assert scores == {
         k.removeprefix("eval/next_line/"): v for k, v in task_records[-1].items() if k != "step"
     }
+    # the tasks are no part of what a resumed run must share with its checkpoint
+    more = ["trainer.max_steps=12", "eval.limit=5"]
+    train(compose_config([*TINY, f"out_dir={tmp_path}", *steps, *loggers, *more]), tmp_path)
+    assert (
+        json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["eval/next_line/examples"] == 5
+    )
 
 
 def test_an_sft_runs_validation_responses_are_scored_end_to_end(
