@@ -101,8 +101,18 @@ def write_next_line_task(directory: Path, examples: int = 200, seed: int = 0) ->
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "next_line.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     task = directory / "next_line.yaml"
-    task.write_text("path: next_line.jsonl\ntarget_delimiter: ''  # the line follows the newline\n")
+    task.write_text(NEXT_LINE_YAML)
     return task
+
+
+NEXT_LINE_YAML = """\
+# Which line comes next? After a line of held-out tiny Shakespeare (from 91% of the text on: the
+# shakespeare_char data holds out the last 10%), the true next line or one of three copies of it with
+# its words shuffled; chance is 25%. Written by write_next_line_task in tests/conftest.py.
+name: next_line
+path: next_line.jsonl
+target_delimiter: ""  # the line follows the context's newline directly
+"""
 
 
 @pytest.fixture(scope="session")
@@ -117,6 +127,6 @@ def shakespeare_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def next_line_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The YAML of `write_next_line_task`'s task (200 examples), written once per session."""
-    return write_next_line_task(tmp_path_factory.mktemp("next_line"))
+def next_line_task() -> Path:
+    """The shipped task YAML of `write_next_line_task`'s 200 examples (data/tasks/next_line.yaml)."""
+    return ROOT / "data" / "tasks" / "next_line.yaml"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import runpy
 from pathlib import Path
 
+import pytest
 import torch
-from conftest import run_script
+from conftest import ROOT, run_script
 
 from gptforge.config import EvalConfig
 from gptforge.eval.evaluator import build_task_evaluator
@@ -15,7 +17,7 @@ from gptforge.trainer.pretrained import load_checkpoint
 
 
 def test_evaluate_prints_a_table_of_task_scores_and_writes_them_as_json(
-    shakespeare_run: Path, next_line_task: Path, tmp_path: Path
+    shakespeare_run: Path, next_line_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     qa = tmp_path / "qa.jsonl"
     rows = [
@@ -23,10 +25,10 @@ def test_evaluate_prints_a_table_of_task_scores_and_writes_them_as_json(
         {"prompt": "JULIET:\nO", "references": " Romeo"},
     ]
     qa.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    args = ("--tasks", str(next_line_task), str(qa), "--limit", "40", "--max-new-tokens", "6")
-    result = run_script("evaluate.py", str(shakespeare_run), *args, "--json", str(tmp_path / "scores.json"))
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    args = ["--tasks", str(next_line_task), str(qa), "--limit", "40", "--max-new-tokens", "6"]
+    evaluate = runpy.run_path(str(ROOT / "scripts" / "evaluate.py"))["main"]  # in this process: no start-up
+    evaluate([str(shakespeare_run), *args, "--json", str(tmp_path / "scores.json")])
+    lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("checkpoints/step_200:")
     assert lines[1].split() == ["task", "metric", "value", "n-shot", "examples"]
     assert [line.split()[:2] for line in lines[3:]] == [

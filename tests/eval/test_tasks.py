@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import ROOT, write_next_line_task
 
 from gptforge.config import EvalConfig
 from gptforge.data.tokenizers import ByteTokenizer
@@ -48,6 +49,17 @@ def test_the_default_fields_pick_the_kind_and_yaml_keys_rename_them(tmp_path: Pa
         ("2+2=", 0),
         ("1+1=", 1),
     ]  # "2" is a choice's text
+
+
+def test_the_shipped_next_line_task_is_built_from_held_out_text(next_line_task: Path, tmp_path: Path) -> None:
+    rebuilt = write_next_line_task(tmp_path)
+    for name in ("next_line.yaml", "next_line.jsonl"):
+        assert (tmp_path / name).read_text() == (next_line_task.parent / name).read_text()
+    assert rebuilt.name == next_line_task.name
+    text = (ROOT / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    held_out = text[int(len(text) * 0.9) :]  # data.val_fraction=0.1: the runs never train on it
+    rows = [json.loads(line) for line in (tmp_path / "next_line.jsonl").read_text().splitlines()]
+    assert all(row["context"] + row["choices"][row["gold"]] in held_out for row in rows)
 
 
 def test_parquet_and_hub_style_dataset_directories_load_through_datasets(tmp_path: Path) -> None:
