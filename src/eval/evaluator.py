@@ -55,10 +55,6 @@ class PreparedTask:
     def name(self) -> str:
         return self.task.name
 
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        return CHOICE_METRICS if self.task.kind == "multiple_choice" else (*ANSWER_METRICS, "bleu")
-
 
 class TaskEvaluator:
     """Scores the run's tasks on every rank's share of their examples, every `eval.every` steps."""
@@ -97,9 +93,9 @@ class TaskEvaluator:
         totals = host.all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=host.device)).tolist()
         count, *values = totals
         names = CHOICE_METRICS if choices else ANSWER_METRICS
-        result = {name: value / count for name, value in zip(names, values, strict=False)}
+        result = {name: value / count for name, value in zip(names, values[: len(names)], strict=True)}
         if not choices:
-            result["bleu"] = corpus_bleu(values[len(ANSWER_METRICS) :])
+            result["bleu"] = corpus_bleu(values[len(names) :])  # from the summed statistics
         return {**result, "examples": count}
 
     def _score_one(
