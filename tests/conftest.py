@@ -115,14 +115,31 @@ target_delimiter: ""  # the line follows the context's newline directly
 """
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run several times faster on one thread than on two when other processes hold the
+    cores; the next test gets back the thread count it had."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shakespeare_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model trained for 200 steps on the first 90% of tiny Shakespeare (seconds), shared by the
     evaluation tests: its run directory."""
+    import torch
+
     from gptforge.trainer import train
 
     run_dir = tmp_path_factory.mktemp("shakespeare") / "run"
-    train(compose_config([*TINY, f"out_dir={run_dir}", "trainer.max_steps=200", "trainer.eval_every=0"]))
+    threads = torch.get_num_threads()
+    steps = ["trainer.max_steps=200", "trainer.eval_every=0", "trainer.threads=1"]
+    train(compose_config([*TINY, f"out_dir={run_dir}", *steps]))
+    torch.set_num_threads(threads)  # trainer.threads is set for the whole process
     return run_dir
 
 

@@ -15,6 +15,8 @@ from gptforge.eval.evaluator import build_task_evaluator
 from gptforge.eval.host import LocalHost
 from gptforge.trainer.pretrained import load_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 
 def test_evaluate_prints_a_table_of_task_scores_and_writes_them_as_json(
     shakespeare_run: Path, next_line_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture
@@ -48,7 +50,9 @@ def test_a_bad_task_file_stops_evaluate_in_one_line(shakespeare_run: Path, tmp_p
     bad = tmp_path / "bad.jsonl"
     rows = [{"context": "a", "choices": ["b", "c"], "gold": 0}, {"context": "a", "choices": ["b", "c"]}]
     bad.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    result = run_script("evaluate.py", str(shakespeare_run), "--tasks", str(bad))
+    result = run_script(
+        "evaluate.py", str(shakespeare_run), "--tasks", str(bad), env={"OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert (

@@ -18,6 +18,8 @@ from gptforge.models import GPT
 from gptforge.trainer import train
 from gptforge.trainer.pretrained import load_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 CPU = torch.device("cpu")
 
 

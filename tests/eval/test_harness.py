@@ -19,6 +19,8 @@ from gptforge.eval.evaluator import build_task_evaluator
 from gptforge.eval.host import LocalHost
 from gptforge.trainer.pretrained import load_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 lm_eval = pytest.importorskip("lm_eval")  # the eval extra: scripts/test.sh installs it with [dev]
 
 LM_EVAL_TASKS = ROOT / "tests" / "eval" / "lm_eval_tasks"  # their data_files are relative to ROOT
@@ -29,6 +31,7 @@ MULTIPLE_CHOICE, ROLLING, GENERATE = (
 )
 LIMIT = 50  # documents per task
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # as one_torch_thread, for the subprocess
 LOGLIKELIHOOD_TOLERANCE = 1e-4  # nats per request, fp32 on CPU; measured up to 3e-5 (rolling, ~110 tokens)
 
 
@@ -59,7 +62,7 @@ def test_adapter_scores_as_lm_eval_scores_the_exported_hf_model(
             *("--include_path", str(LM_EVAL_TASKS), "--output_path", str(tmp_path / "ours"), "--log_samples"),
         ],
         cwd=ROOT,
-        env={**os.environ, **OFFLINE},
+        env={**os.environ, **OFFLINE, **ONE_THREAD},
         capture_output=True,
         text=True,
         timeout=300,

@@ -11,6 +11,8 @@ from gptforge.eval.host import LocalHost
 from gptforge.eval.scoring import continuation_logprobs, greedy_answer
 from gptforge.models import GPT, generate
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 BLOCK_SIZE = 16
 CPU = torch.device("cpu")
 

@@ -16,7 +16,7 @@ from gptforge.eval.evaluator import build_task_evaluator, metric_record
 from gptforge.eval.host import LocalHost
 from gptforge.trainer.pretrained import load_checkpoint
 
-pytestmark = pytest.mark.multiprocess
+pytestmark = [pytest.mark.multiprocess, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
