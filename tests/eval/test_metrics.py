@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import sacrebleu
 
 from gptforge.eval.metrics import (
     bleu_statistics,
@@ -14,6 +13,9 @@ from gptforge.eval.metrics import (
     rouge_l,
     token_f1,
 )
+
+sacrebleu = pytest.importorskip("sacrebleu")  # the eval extra (rouge-score too): [dev] installs it
+pytest.importorskip("rouge_score")
 
 
 def test_acc_takes_the_largest_loglikelihood_and_acc_norm_the_largest_per_character() -> None:
