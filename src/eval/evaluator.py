@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # host.py imports gptforge.trainer, which imports this module
     from gptforge.eval.host import EvalHost
 
 TASK_PREFIX = "eval/"  # metric records hold task scores as eval/<task>/<metric>
-Scores = dict[str, dict[str, float]]  # task -> metric -> value (and "examples": how many were scored)
+Scores = dict[str, dict[str, float]]  # task -> metric -> value, and "examples": how many were scored (int)
 
 
 @dataclass
@@ -96,7 +96,7 @@ class TaskEvaluator:
         result = {name: value / count for name, value in zip(names, values[: len(names)], strict=True)}
         if not choices:
             result["bleu"] = corpus_bleu(values[len(names) :])  # from the summed statistics
-        return {**result, "examples": count}
+        return {**result, "examples": int(count)}
 
     def _score_one(
         self, task: PreparedTask, request: ChoiceRequest | AnswerRequest, host: EvalHost
