@@ -1,4 +1,4 @@
-"""Plot train/val loss, learning rate and tokens/s against steps for one or more runs, into one PNG.
+"""Plot train/val loss, learning rate, tokens/s and downstream task scores against steps, into one PNG.
 
     python scripts/plot_metrics.py runs/shakespeare_char_cpu                    # -> <run_dir>/metrics.png
     python scripts/plot_metrics.py runs/a runs/b --labels baseline wide --out compare.png
@@ -7,6 +7,8 @@
 Each run is a run directory holding metrics.jsonl (or a .jsonl file itself); a sweep directory stands for
 its jobs, labelled by their overrides. The loss panel shows every logged point from the first step, a
 smoothed curve over the raw one, and the validation loss on the same axes.
+Task scores (eval.tasks: eval/<task>/<metric>, all in [0, 1]; BLEU shown divided by 100) get a fourth
+panel when any run has them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from gptforge.sweep import job_dirs, read_records
 
 PANELS = (("loss", "loss"), ("lr", "learning rate"), ("tokens_per_sec", "tokens/s (global)"))
 SMOOTHING = 0.9  # weight of the running average in the smoothed loss (TensorBoard's default is 0.6-0.9)
+TASK_PREFIX = "eval/"  # gptforge.eval's task records: eval/<task>/<metric>
 
 
 def read_metrics(run: Path) -> list[dict]:
@@ -60,8 +63,22 @@ def expand(runs: list[Path]) -> list[Path]:
     return expanded
 
 
+def task_series(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    """`<task>/<metric>` -> steps and values of the task scores in the records (BLEU / 100)."""
+    found: dict[str, tuple[list[int], list[float]]] = {}
+    for record in records:
+        for key, value in record.items():
+            name = key.removeprefix(TASK_PREFIX)
+            if key.startswith(TASK_PREFIX) and not name.endswith("/examples"):
+                steps, values = found.setdefault(name + ("/100" if name.endswith("/bleu") else ""), ([], []))
+                steps.append(record["step"])
+                values.append(value / 100 if name.endswith("/bleu") else value)
+    return found
+
+
 def plot(runs: dict[str, list[dict]], out: Path) -> None:
-    """One figure, a panel per metric, a colour per run; val loss dashed on the loss panel."""
+    """One figure, a panel per metric, a colour per run; val loss dashed on the loss panel, task scores
+    (one line style per task metric) on a fourth panel when there are any."""
     try:
         import matplotlib
     except ImportError:
@@ -69,10 +86,12 @@ def plot(runs: dict[str, list[dict]], out: Path) -> None:
     matplotlib.use("Agg")  # files only: no display needed on a cluster node
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4), constrained_layout=True)
+    tasks = {label: task_series(records) for label, records in runs.items()}
+    n_panels = len(PANELS) + any(tasks.values())
+    fig, axes = plt.subplots(1, n_panels, figsize=(5 * n_panels, 4), constrained_layout=True)
     for index, (label, records) in enumerate(runs.items()):
         colour = f"C{index % 10}"
-        for ax, (key, title) in zip(axes, PANELS, strict=True):
+        for ax, (key, title) in zip(axes, PANELS, strict=False):
             steps, values = series(records, key, "train")
             if key == "loss":
                 ax.plot(steps, values, color=colour, alpha=0.3, linewidth=0.8)
@@ -87,6 +106,11 @@ def plot(runs: dict[str, list[dict]], out: Path) -> None:
             axes[0].plot(
                 val_steps, val_losses, color=colour, linestyle="--", marker="o", label=f"{label} val"
             )
+        for number, (name, (steps, values)) in enumerate(sorted(tasks[label].items())):
+            style = ("-", "--", ":", "-.")[number % 4]
+            axes[-1].plot(steps, values, color=colour, linestyle=style, marker=".", label=f"{label} {name}")
+            axes[-1].set_title("downstream tasks")
+            axes[-1].set_xlabel("step")
     axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     for ax in axes:
         ax.grid(alpha=0.3)

@@ -403,6 +403,26 @@ class TrainerConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Downstream tasks scored during training (gptforge.eval); docs/EVALUATION.md has the task format."""
+
+    # task .yaml files, task data files (.jsonl/.parquet), hf:<dataset> (default fields) or sft_val
+    # (the validation examples of this run's data=sft config)
+    tasks: list[str] = field(default_factory=list)
+    every: int = 0  # steps between task evaluations; 0: only at the end of training
+    limit: int | None = None  # examples per task (its first N); None: all of them
+    num_fewshot: int | None = None  # k-shot examples before every prompt; None: each task's own (default 0)
+    fewshot_seed: int = 1234  # seeds the draw of the k-shot examples (the same draw on every rank and run)
+    max_new_tokens: int | None = None  # generative tasks: tokens per answer; None: each task's own
+
+    def __post_init__(self) -> None:
+        _positive("eval.every", self.every, allow_zero=True)
+        _positive("eval.limit", self.limit)
+        _positive("eval.num_fewshot", self.num_fewshot, allow_zero=True)
+        _positive("eval.max_new_tokens", self.max_new_tokens)
+
+
+@dataclass
 class Config:
     """A whole run; `configs/config.yaml` composes one of these."""
 
@@ -414,6 +434,7 @@ class Config:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     name: str = "default"  # run name, used in the default out_dir
     out_dir: str = "runs/default"  # the run directory: config, metrics, checkpoints
     seed: int = 1337

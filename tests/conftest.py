@@ -83,3 +83,83 @@ def sft_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     init_from = f"trainer.init_from={root / 'pretrain'}"
     train(compose_config(["experiment=sft", *model, *few, examples, init_from, f"out_dir={root / 'sft'}"]))
     return root / "sft"
+
+
+def write_next_line_task(directory: Path, examples: int = 200, seed: int = 0) -> Path:
+    """A multiple-choice task from held-out Shakespeare: after a line, the true next line or one of three
+    copies of it with the words shuffled (chance: 25%). Writes next_line.jsonl and the task YAML; returns
+    the YAML's path."""
+    import itertools
+    import json
+    import random
+
+    text = (ROOT / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    lines = text[int(len(text) * 0.91) :].split("\n")  # inside the last 10%: the runs' validation split
+    rng = random.Random(seed)
+    rows = []
+    for previous, line in itertools.pairwise(lines):
+        words = line.split()
+        if not previous.strip() or len(words) < 4 or len(line) > 30:
+            continue
+        choices = [line]
+        for _ in range(100):  # three distinct shuffles, none the true line
+            shuffled = " ".join(rng.sample(words, len(words)))
+            if shuffled not in choices:
+                choices.append(shuffled)
+            if len(choices) == 4:
+                break
+        if len(choices) < 4:
+            continue
+        rng.shuffle(choices)
+        rows.append({"context": previous + "\n", "choices": choices, "gold": choices.index(line)})
+        if len(rows) == examples:
+            break
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "next_line.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    task = directory / "next_line.yaml"
+    task.write_text(NEXT_LINE_YAML)
+    return task
+
+
+NEXT_LINE_YAML = """\
+# Which line comes next? After a line of held-out tiny Shakespeare (from 91% of the text on: the
+# shakespeare_char data holds out the last 10%), the true next line or one of three copies of it with
+# its words shuffled; chance is 25%. Written by write_next_line_task in tests/conftest.py.
+name: next_line
+path: next_line.jsonl
+target_delimiter: ""  # the line follows the context's newline directly
+"""
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run several times faster on one thread than on two when other processes hold the
+    cores; the next test gets back the thread count it had."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def shakespeare_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained for 200 steps on the first 90% of tiny Shakespeare (seconds), shared by the
+    evaluation tests: its run directory."""
+    import torch
+
+    from gptforge.trainer import train
+
+    run_dir = tmp_path_factory.mktemp("shakespeare") / "run"
+    threads = torch.get_num_threads()
+    steps = ["trainer.max_steps=200", "trainer.eval_every=0", "trainer.threads=1"]
+    train(compose_config([*TINY, f"out_dir={run_dir}", *steps]))
+    torch.set_num_threads(threads)  # trainer.threads is set for the whole process
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def next_line_task() -> Path:
+    """The shipped task YAML of `write_next_line_task`'s 200 examples (data/tasks/next_line.yaml)."""
+    return ROOT / "data" / "tasks" / "next_line.yaml"

@@ -105,6 +105,10 @@ def on_run(*overrides: str) -> Callable[[Path, Path], list[str]]:
 
 LOCAL = ("data=local", "data.num_workers=0")
 JSONL = '{"text": "First Citizen: Before we proceed any further, hear me speak."}\n'
+TASK = (
+    '{"context": "ROMEO:", "choices": [" Ay.", " No."], "gold": 1}\n'
+    '{"context": "ROMEO:", "choices": [" Ay.", " No."]}\n'
+)
 
 CASES = {
     # config: checked as Hydra composes it, before anything is built
@@ -144,6 +148,11 @@ CASES = {
     "corpus shorter than block_size": Case(
         with_data("short.txt", "To be or not to be.\n"),
         ("data.path=", "short.txt", "model.block_size=32", "more text"),
+    ),
+    # tasks (eval.tasks): loaded and encoded before the model is built
+    "task file missing a field": Case(
+        lambda tmp, run: [*FAST, f"out_dir={tmp / 'out'}", f"eval.tasks=[{write(tmp / 'task.jsonl', TASK)}]"],
+        ("task.jsonl:2", "no field 'gold'", "gold_field"),
     ),
     # checkpoints: checked before anything in the run directory changes
     "init_from missing": Case(

@@ -11,7 +11,6 @@ token carrying its loss flag, and the loader turns the targets of unlearned toke
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -65,7 +64,7 @@ class ExampleSource(DocumentSource):
             messages = self._field(batch, i, unit, row, self.messages_field, "data.messages_field")
             problem = conversation_problem(messages)
             if problem:
-                raise DataError(f"{self._where(unit, row)}: field {self.messages_field!r} {problem}")
+                raise DataError(f"{self.row_location(unit, row)}: field {self.messages_field!r} {problem}")
             turns = tuple({"role": m["role"], "content": m["content"]} for m in messages)
             return Example(turns[:-1], turns[-1]["content"])
         fields = ((self.prompt_field, "data.prompt_field"), (self.response_field, "data.response_field"))
@@ -74,12 +73,12 @@ class ExampleSource(DocumentSource):
             value = self._field(batch, i, unit, row, name, key)
             if not isinstance(value, str):
                 kind = type(value).__name__
-                raise DataError(f"{self._where(unit, row)}: field {name!r} holds {kind}, not text")
+                raise DataError(f"{self.row_location(unit, row)}: field {name!r} holds {kind}, not text")
             values.append(value)
         prompt, response = values
         if not response.strip():
             raise DataError(
-                f"{self._where(unit, row)}: field {self.response_field!r} is empty; "
+                f"{self.row_location(unit, row)}: field {self.response_field!r} is empty; "
                 "every example needs a response to learn from"
             )
         return Example.pair(prompt, response)
@@ -88,19 +87,10 @@ class ExampleSource(DocumentSource):
         value = batch[name][i] if name in batch else None
         if value is None:
             present = ", ".join(k for k, column in batch.items() if column[i] is not None) or "none"
-            raise DataError(f"{self._where(unit, row)}: no field {name!r} ({key}); its fields: {present}")
+            raise DataError(
+                f"{self.row_location(unit, row)}: no field {name!r} ({key}); its fields: {present}"
+            )
         return value
-
-    def _where(self, unit: int, row: int) -> str:
-        """`file:line` for a .jsonl file (whose blank lines hold no example), else `file row N`."""
-        name = self.unit_name(unit)
-        if self.files and self.files[unit].suffix == ".jsonl":
-            with open(self.files[unit], encoding="utf-8", errors="replace") as lines:
-                numbers = (number for number, line in enumerate(lines, 1) if line.strip())
-                number = next(itertools.islice(numbers, row, None), None)
-            if number is not None:
-                return f"{name}:{number}"
-        return f"{name} row {row + 1}"
 
 
 def open_examples(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -105,6 +106,18 @@ class DocumentSource:
     def unit_name(self, unit: int) -> str:
         return str(self.files[unit]) if self.files else f"{self.label} shard {unit}"
 
+    def row_location(self, unit: int, row: int) -> str:
+        """`file:line` of row `row` of shard `unit` for a .jsonl file (blank lines hold no row), else
+        `<shard> row N`: where a message about one example points."""
+        name = self.unit_name(unit)
+        if self.files and self.files[unit].suffix == ".jsonl":
+            with open(self.files[unit], encoding="utf-8", errors="replace") as lines:
+                numbers = (number for number, line in enumerate(lines, 1) if line.strip())
+                number = next(itertools.islice(numbers, row, None), None)
+            if number is not None:
+                return f"{name}:{number}"
+        return f"{name} row {row + 1}"
+
     def batches(self, unit: int, skip: int = 0) -> Iterator[dict[str, list]]:
         """Column batches of shard `unit` from its `skip`-th row on; a read failure is one DataError."""
         shard = self.dataset.shard(num_shards=self.n_units, index=unit)
@@ -201,16 +214,20 @@ def open_local(path: str, options: TextOptions | None = None, key: str = "data.p
     return DocumentSource(path, dataset, shard_files, options.text_field, builder)
 
 
-def open_hub(name: str, split: str, text_field: str) -> DocumentSource:
-    """Stream split `split` of hub dataset `name` (or a local dataset directory): no download up front."""
+def open_hub(
+    name: str, split: str, text_field: str, subset: str | None = None, key: str = "data.name"
+) -> DocumentSource:
+    """Stream split `split` of hub dataset `name` (its configuration `subset`, if it has several; or a local
+    dataset directory): no download up front."""
     import datasets
 
     _quiet_datasets()
     try:
-        dataset = datasets.load_dataset(name, split=split, streaming=True)
+        dataset = datasets.load_dataset(name, subset, split=split, streaming=True)
     except Exception as err:
         raise DataError(
-            f"data.name={name} (split {split}): could not open it ({type(err).__name__}: "
+            f"{key}={name} (split {split}): could not open it ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else 'no detail'})"
         ) from None
-    return DocumentSource(f"{name}[{split}]", dataset, None, text_field, "hub")
+    label = f"{name}/{subset}[{split}]" if subset else f"{name}[{split}]"
+    return DocumentSource(label, dataset, None, text_field, "hub")

@@ -51,6 +51,10 @@ class KVCache:
         self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
         return self.k, self.v
 
+    def expand(self, batch: int) -> None:
+        """Share the cached tokens of one row among `batch` rows (candidates continuing one context)."""
+        self.k, self.v = self.k.expand(batch, -1, -1, -1), self.v.expand(batch, -1, -1, -1)  # views, no copy
+
 
 def visible_keys(attention_mask: torch.Tensor, past: int, T: int) -> torch.Tensor:
     """Which keys each new token attends to, (B, 1, T, past + T), from the real keys (B, past + T).

@@ -15,6 +15,7 @@ from gptforge.data import BatchLayout, Tokenizer, build_data
 from gptforge.data.pipeline import train_corpus_bpe
 from gptforge.data.tokenizers import ByteTokenizer
 from gptforge.errors import ConfigError, GptforgeError
+from gptforge.eval.evaluator import build_task_evaluator
 from gptforge.models import GPT
 from gptforge.models.lora import apply_lora
 from gptforge.trainer import checkpoint as ckpt
@@ -94,6 +95,7 @@ def build_trainer(cfg: Config, run_dir: Path, strategy: Strategy | None = None) 
         tcfg.eval_batches,
     )
     train_loader, make_val_batches = build_data(cfg.data, tokenizer, layout)
+    task_evaluator = build_task_evaluator(cfg.eval, tokenizer, cfg.model.block_size, cfg.data)
     run_dir.mkdir(parents=True, exist_ok=True)
     prepare_run_dir(cfg, run_dir, strategy.is_main)
     strategy.barrier()
@@ -110,7 +112,7 @@ def build_trainer(cfg: Config, run_dir: Path, strategy: Strategy | None = None) 
     if strategy.is_main:  # only now: a start refused above leaves the run directory as it was
         tokenizer.save(run_dir)
         OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
-    return Trainer(plan, strategy, tokenizer, train_loader, make_val_batches, flops_per_token)
+    return Trainer(plan, strategy, tokenizer, train_loader, make_val_batches, flops_per_token, task_evaluator)
 
 
 def dry_run(cfg: Config, run_dir: Path) -> RunSummary:
@@ -127,7 +129,9 @@ def dry_run(cfg: Config, run_dir: Path) -> RunSummary:
     )
     # the data opens (and text is counted) with the run's tokenizer; one still to be trained is stood in
     # for by bytes, which read any text, so the paths and formats are checked all the same
-    train_loader, _ = build_data(cfg.data, plan.tokenizer or ByteTokenizer(cfg.tokenizer.eos_token), layout)
+    stand_in = plan.tokenizer or ByteTokenizer(cfg.tokenizer.eos_token)
+    train_loader, _ = build_data(cfg.data, stand_in, layout)
+    build_task_evaluator(cfg.eval, stand_in, cfg.model.block_size, cfg.data)  # task files open and parse
     with torch.device("meta"):
         flops_per_token = GPT(cfg.model).flops_per_token()
     start_step = ckpt.read_trainer_state(plan.resume_from)["step"] if plan.resume_from else 0

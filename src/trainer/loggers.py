@@ -1,7 +1,8 @@
 """Metric sinks: console, JSON Lines, Weights & Biases, TensorBoard; several at once, rank 0 only.
 
 A record is a flat dict: a train record (`loss`, `lr`, throughput, ...), an eval record (`val_loss`,
-`val_ppl`) or an event (`event`: loss spike, skipped step). Every record has a `step`.
+`val_ppl`), a task record (downstream scores `eval/<task>/<metric>`, gptforge.eval) or an event
+(`event`: loss spike, skipped step). Every record has a `step`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from gptforge.cli import log_only
 from gptforge.config import Config, LoggerConfig, WandbLoggerConfig
 from gptforge.errors import ConfigError
+from gptforge.eval.evaluator import TASK_PREFIX
 from gptforge.trainer.summary import RunSummary
 
 WANDB_ID_FILE = "wandb_run_id"
@@ -35,8 +37,25 @@ def _format_eta(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
+def is_task_record(record: dict) -> bool:
+    """Whether a record holds downstream task scores (keys `eval/<task>/<metric>`)."""
+    return any(key.startswith(TASK_PREFIX) for key in record)
+
+
+def _format_tasks(record: dict) -> str:
+    tasks: dict[str, list[str]] = {}
+    for key, value in record.items():
+        if key.startswith(TASK_PREFIX):
+            task, metric = key.removeprefix(TASK_PREFIX).rsplit("/", 1)
+            shown = f"{int(value)} examples" if metric == "examples" else f"{metric} {value:.4f}"
+            tasks.setdefault(task, []).append(shown)
+    return " | ".join([f"step {record['step']}", *(f"{task}: {', '.join(v)}" for task, v in tasks.items())])
+
+
 def format_record(record: dict) -> str:
     """One human line for a metric record."""
+    if is_task_record(record):
+        return _format_tasks(record)
     if "event" in record:
         outcome = "step skipped" if record["skipped"] else "step taken"
         return f"step {record['step']} | {record['event']} | {outcome}"
@@ -61,6 +80,8 @@ def scalars(record: dict) -> dict[str, float]:
     """The numbers of a record under dashboard names: train/loss, val/loss, events/loss_spike, ..."""
     if "event" in record:
         return {f"events/{record['event']}": 1.0}
+    if is_task_record(record):
+        return {key: float(value) for key, value in record.items() if key.startswith(TASK_PREFIX)}
     prefix = "val/" if "val_loss" in record else "train/"
     return {
         prefix + key.removeprefix("val_"): float(value)
@@ -84,7 +105,7 @@ class ConsoleLogger:
     def log(self, record: dict) -> None:
         if self.bar is None:
             print(format_record(record), flush=True)
-        elif "val_loss" in record or "event" in record:
+        elif "val_loss" in record or "event" in record or is_task_record(record):
             self.bar.write(format_record(record))
         else:
             log_only(format_record(record))  # train.log gets the line the bar stands for

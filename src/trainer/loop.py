@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,6 +9,8 @@ import torch
 from omegaconf import OmegaConf
 
 from gptforge.data import RandomWindowLoader, Tokenizer
+from gptforge.eval.evaluator import TaskEvaluator, metric_record
+from gptforge.eval.loss import loss_sums, perplexity
 from gptforge.models import generate
 from gptforge.trainer import checkpoint as ckpt
 from gptforge.trainer.faults import (
@@ -51,6 +52,7 @@ class Trainer:
         train_loader: RandomWindowLoader,
         make_val_batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None,
         flops_per_token: int,
+        task_evaluator: TaskEvaluator | None = None,
     ) -> None:
         cfg = plan.cfg
         self.plan = plan
@@ -63,6 +65,7 @@ class Trainer:
         self.make_val_batches = make_val_batches
         self.grad_accum_steps = plan.grad_accum_steps
         self.resume_from = plan.resume_from  # found and checked by plan_run before the build
+        self.task_evaluator = task_evaluator  # downstream tasks (eval.tasks); None: none configured
         self.config_hash = config_hash(OmegaConf.to_container(OmegaConf.structured(cfg)), strategy.world_size)
         self.schedule = LRSchedule(cfg.scheduler, cfg.optim.lr, self.tcfg.max_steps)
         self.checkpointer = ckpt.Checkpointer(
@@ -106,6 +109,8 @@ class Trainer:
             evaluated_last_step = self.tcfg.eval_every and self.step % self.tcfg.eval_every == 0
             if not evaluated_last_step:  # every run ends with an evaluation, eval_every=0 included
                 last |= self.evaluate()
+            if self.task_evaluator is not None and self.task_evaluator.due_at_end(self.step):
+                last |= self.evaluate_tasks()
             self.save()
         finally:
             preemption.close()
@@ -132,6 +137,8 @@ class Trainer:
             last = self.log_train(loss, grad_norm, lr)
         if self.tcfg.eval_every and self.step % self.tcfg.eval_every == 0:
             last |= self.evaluate()
+        if self.task_evaluator is not None and self.task_evaluator.due(self.step):
+            last |= self.evaluate_tasks()
         if self.tcfg.checkpoint_every and self.step % self.tcfg.checkpoint_every == 0:
             self.save()
         return last
@@ -179,18 +186,26 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Mean validation loss over `trainer.eval_batches` batches, averaged across ranks."""
+        """Validation loss over `trainer.eval_batches` batches of every rank, per scored token."""
         if self.make_val_batches is None:
             return {}
         with self.meter.paused():  # evaluation time is not training throughput
             self.strategy.model.eval()
-            losses = [
-                self.strategy.eval_loss(self.strategy.to_device(x), self.strategy.to_device(y))
-                for x, y in self.make_val_batches()
-            ]
+            to_device = self.strategy.to_device
+            total, tokens = loss_sums(
+                lambda x, y: self.strategy.eval_loss(to_device(x), to_device(y)), self.make_val_batches()
+            )
             self.strategy.model.train()
-            val_loss = self.strategy.all_reduce_mean(torch.stack(losses).mean()).item()
-            record = {"step": self.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+            sums = self.strategy.all_reduce_sum(torch.stack([total, torch.full_like(total, tokens)]))
+            val_loss = (sums[0] / sums[1]).item()
+            record = {"step": self.step, "val_loss": val_loss, "val_ppl": perplexity(val_loss)}
+            self._emit(record)
+        return record
+
+    def evaluate_tasks(self) -> dict:
+        """Downstream task scores (eval.tasks): every rank scores its share, rank 0 logs the totals."""
+        with self.meter.paused():  # not training throughput either
+            record = {"step": self.step, **metric_record(self.task_evaluator.evaluate(self.strategy))}
             self._emit(record)
         return record
 

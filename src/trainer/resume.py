@@ -50,6 +50,7 @@ SAFE_TO_CHANGE = (
     "trainer.max_consecutive_skips",
     "trainer.spike_*",
     "logger.*",
+    "eval.*",  # downstream tasks are read-only: any may be scored from any step on
     "strategy.timeout_s",
     "strategy.backend",
     "strategy.activation_checkpointing",

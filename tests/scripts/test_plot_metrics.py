@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import runpy
 from pathlib import Path
 
-from conftest import run_script
+from conftest import ROOT, run_script
 
 
 def write_run(run_dir: Path, slowdown: float) -> None:
@@ -19,6 +20,8 @@ def write_run(run_dir: Path, slowdown: float) -> None:
         lines[-1] |= {"tokens_per_sec": 5e4 / (1 + slowdown), "max_steps": 200}
         if step % 50 == 0:
             lines.append({"step": step, "val_loss": lines[-1]["loss"] + 0.1, "val_ppl": 1.0})
+            scores = {"acc": 0.25 + step / 400, "acc_norm": 0.3 + step / 500, "examples": 200.0}
+            lines.append({"step": step, **{f"eval/next_line/{k}": v for k, v in scores.items()}})
     lines.append({"step": 120, "event": "loss_spike", "skipped": False, "loss": None})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
 
@@ -41,3 +44,13 @@ def test_plot_of_a_directory_without_metrics_is_a_one_line_error(tmp_path: Path)
     assert result.stderr.strip().startswith(
         f"error: {missing} does not exist; give a run directory that holds metrics.jsonl"
     )
+
+
+def test_task_scores_get_their_own_series_without_counts_and_bleu_scaled() -> None:
+    task_series = runpy.run_path(str(ROOT / "scripts" / "plot_metrics.py"))["task_series"]
+    records = [
+        {"step": 10, "loss": 3.0, "lr": 1e-3},
+        {"step": 10, "eval/qa/bleu": 42.0, "eval/qa/f1": 0.5, "eval/qa/examples": 8.0},
+        {"step": 20, "eval/qa/bleu": 50.0, "eval/qa/f1": 0.6, "eval/qa/examples": 8.0},
+    ]
+    assert task_series(records) == {"qa/bleu/100": ([10, 20], [0.42, 0.5]), "qa/f1": ([10, 20], [0.5, 0.6])}

@@ -11,7 +11,7 @@ import pytest
 
 from gptforge.errors import ConfigError
 from gptforge.trainer import train
-from gptforge.trainer.loggers import WANDB_ID_FILE
+from gptforge.trainer.loggers import WANDB_ID_FILE, format_record, scalars
 
 TRAIN_KEYS = {
     "step",
@@ -79,6 +79,12 @@ def test_progress_bar_shows_loss_and_throughput(tiny_config, capsys) -> None:
     train(cfg, Path(cfg.out_dir))
     bar = capsys.readouterr().err
     assert "6/6" in bar and "loss" in bar and "tok/s" in bar
+
+
+def test_task_records_read_as_one_line_and_keep_their_names_on_dashboards() -> None:
+    record = {"step": 40, "eval/next_line/acc": 0.5, "eval/next_line/examples": 200.0, "eval/qa/f1": 0.25}
+    assert format_record(record) == "step 40 | next_line: acc 0.5000, 200 examples | qa: f1 0.2500"
+    assert scalars(record) == {k: v for k, v in record.items() if k != "step"}
 
 
 @pytest.fixture

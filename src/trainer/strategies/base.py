@@ -86,6 +86,13 @@ def precision_name(dtype: torch.dtype | None) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[dtype]
 
 
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to `dtype` on `device` (from `resolve_precision`); None runs in full fp32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 class Strategy(ABC):
     """Sets up model and optimizer for one backend, runs forward/backward/step, saves and loads state."""
 
@@ -120,9 +127,7 @@ class Strategy(ABC):
         return precision_name(self.autocast_dtype)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return autocast_context(self.device, self.autocast_dtype)
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
@@ -175,6 +180,10 @@ class Strategy(ABC):
         return self.model
 
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of `tensor` over all ranks, on every rank (counts and totals of an evaluation)."""
         return tensor
 
     def barrier(self) -> None:

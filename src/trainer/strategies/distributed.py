@@ -111,10 +111,13 @@ class DistributedStrategy(Strategy):
             raise failure from err
 
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.all_reduce_sum(tensor) / self.world_size
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.detach().clone()
         with self.collective("all_reduce of a logged metric"):
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor / self.world_size
+        return tensor
 
     def barrier(self) -> None:
         with self.collective("barrier"):
