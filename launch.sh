@@ -68,4 +68,35 @@ if [ -n "${DRY_RUN:-}" ] && [ "${DRY_RUN}" != 0 ]; then
   WORLD_SIZE=$((NPROC * NNODES)) LOCAL_WORLD_SIZE=$NPROC RANK=0 LOCAL_RANK=0 \
     exec "$PYTHON" "$script" "$@" dry_run=true
 fi
-exec "${cmd[@]}" "$@"
+if [ "$LAUNCHER" = python ]; then
+  exec "${cmd[@]}" "$@"
+fi
+
+# A launcher reports a rank that exited 75 (preempted: checkpoint saved) as a failure of its own. Each rank
+# writes its exit status into GPTFORGE_EXIT_DIR; when every rank of this node exited 75, so does this
+# script, which is what a scheduler's requeue logic reads. SIGTERM/SIGUSR1 reaching this script (SLURM
+# signals the whole job) are passed on to the launcher, which passes them to the ranks.
+GPTFORGE_EXIT_DIR=$(mktemp -d "${TMPDIR:-/tmp}/gptforge-exit.XXXXXX")
+export GPTFORGE_EXIT_DIR
+trap 'rm -rf "$GPTFORGE_EXIT_DIR"' EXIT
+"${cmd[@]}" "$@" &
+launcher_pid=$!
+trap 'kill -TERM "$launcher_pid" 2>/dev/null || true' TERM
+trap 'kill -USR1 "$launcher_pid" 2>/dev/null || true' USR1
+while :; do
+  status=0
+  wait "$launcher_pid" || status=$?
+  kill -0 "$launcher_pid" 2>/dev/null || break  # a trapped signal ends `wait` early: then wait again
+done
+if [ "$status" != 0 ]; then
+  preempted=0
+  for rank_status in "$GPTFORGE_EXIT_DIR"/rank_*; do
+    [ -f "$rank_status" ] && [ "$(cat "$rank_status")" = 75 ] && preempted=$((preempted + 1))
+  done
+  if [ "$preempted" -gt 0 ] && [ "$preempted" = "$(ls "$GPTFORGE_EXIT_DIR" | wc -l)" ] \
+      && [ "$preempted" -ge "$NPROC" ]; then
+    echo "gptforge: preempted: all $preempted ranks on this node saved the checkpoint and exited 75" >&2
+    status=75
+  fi
+fi
+exit "$status"

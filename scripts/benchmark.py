@@ -112,7 +112,7 @@ class TrainerRunner:
             self.last_loss = record["loss"]
 
     def close(self) -> None:
-        self.trainer.strategy.teardown()
+        self.trainer.close()
 
 
 # --- the yardstick: a plain PyTorch GPT and loop in the style of nanoGPT's model.py and train.py ---

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from gptforge.cli import HelpFormatter, run_cli
 from gptforge.errors import ConfigError, DataError
-from gptforge.sweep import job_dirs, read_records
+from gptforge.records import read_metrics as read_records
+from gptforge.sweep import job_dirs
 
 PANELS = (("loss", "loss"), ("lr", "learning rate"), ("tokens_per_sec", "tokens/s (global)"))
 SMOOTHING = 0.9  # weight of the running average in the smoothed loss (TensorBoard's default is 0.6-0.9)

@@ -6,6 +6,10 @@ training and prints the plan; it composes the config without Hydra's run directo
 
 from __future__ import annotations
 
+from gptforge.preemption import watch_for_preemption
+
+watch_for_preemption()  # first of all: a job preempted while it starts up still exits 75 (75 = requeue me)
+
 import logging
 import os
 import re
@@ -16,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from gptforge.cli import console_to_log, one_line_errors, run_cli
+from gptforge.cli import check_group_lists, console_to_log, one_line_errors, run_cli
 from gptforge.config import Config, register_configs
 from gptforge.trainer import train
 from gptforge.trainer.build import dry_run
@@ -65,6 +69,7 @@ def main_dry_run(overrides: list[str]) -> None:
 
 def entry() -> None:
     argv = sys.argv[1:]
+    check_group_lists(argv, CONFIG_DIR)
     if any(DRY_RUN.match(arg) for arg in argv) and not any(arg.startswith("-") for arg in argv):
         main_dry_run(argv)
     else:

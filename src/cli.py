@@ -8,6 +8,7 @@ import functools
 import io
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -73,19 +74,52 @@ def _run_dir_error(err: BaseException) -> ConfigError | None:
     is a bad out_dir, told as one."""
     if not isinstance(err, OSError) or err.filename is None:
         return None
+    failed = Path(os.fsdecode(err.filename)).absolute()
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:  # no Hydra job was set up
-        return None
-    failed = Path(os.fsdecode(err.filename)).absolute()
+        run_dir = Path(HydraConfig.get().runtime.output_dir).absolute()
+    except ValueError:  # Hydra failed while setting up the job, before it recorded the run directory
+        if not _raised_in(err, "hydra"):
+            return None
+        run_dir = failed
     if failed != run_dir and failed not in run_dir.parents and not failed.is_relative_to(run_dir):
         return None
+    why = "it is a file" if failed.is_file() else err.strerror
     return ConfigError(
-        f"out_dir={run_dir} cannot be written ({err.strerror}: {failed}); "
+        f"out_dir={run_dir} cannot be used as the run directory ({why}: {failed}); "
         "set out_dir to a directory this user can create and write"
     )
+
+
+def _raised_in(err: BaseException, package: str) -> bool:
+    """Whether the innermost frame of `err`'s traceback is in `package` (or the standard library below it)."""
+    frames = [frame.filename for frame in traceback.extract_tb(err.__traceback__)]
+    ours = [name for name in frames if "site-packages" in name or "/gptforge" in name or "/src/" in name]
+    return bool(ours) and f"{os.sep}{package}{os.sep}" in ours[-1]
+
+
+def check_group_lists(argv: list[str], config_dir: Path) -> None:
+    """ConfigError for a config-group list on the command line (`logger=[console,jsonl]`) holding anything
+    but the group's option names; Hydra itself fails on those deep inside, with a TypeError."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+    except Exception:  # not Hydra's grammar: Hydra reports it in one line itself
+        return
+    for override in overrides:
+        group = config_dir / override.key_or_group
+        value = override.value()
+        if override.package or not group.is_dir() or not isinstance(value, list):
+            continue
+        options = sorted(path.stem for path in group.glob("*.yaml"))
+        for item in value:
+            if not isinstance(item, str) or item not in options:
+                raise ConfigError(
+                    f"{override.key_or_group}=[{', '.join(map(str, value))}]: {item!r} is not a "
+                    f"{override.key_or_group} option; choose from {', '.join(options)}"
+                )
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -209,12 +243,28 @@ def console_to_log(path: Path | None) -> Iterator[None]:
 
 
 def run_cli(main: Callable[[], object], argv: list[str] | None = None) -> None:
-    """Run a Hydra entry point; user errors print as `error: <one line>` and exit with status 2."""
+    """Run a Hydra entry point; user errors print as `error: <one line>` and exit with status 2.
+
+    Under a launcher that sets GPTFORGE_EXIT_DIR (launch.sh), the process's exit status is also written
+    there as `rank_<RANK>`, so the launcher can exit as its ranks did (75: preempted, requeue me).
+    """
     argv = sys.argv[1:] if argv is None else argv
-    if _debug_requested(argv):
-        main()
-        return
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us instead of Hydra's report
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # composition errors reach us (or, in debug, their full trace)
+    status: int | str | None = 1
+    try:
+        if _debug_requested(argv):
+            main()
+        else:
+            _run_with_one_line_errors(main)
+        status = 0
+    except SystemExit as exit_request:
+        status = exit_request.code
+        raise
+    finally:
+        _record_exit_status(status)
+
+
+def _run_with_one_line_errors(main: Callable[[], object]) -> None:
     try:
         main()
     except KeyboardInterrupt:
@@ -227,3 +277,15 @@ def run_cli(main: Callable[[], object], argv: list[str] | None = None) -> None:
         if not _is_user_error(err):
             raise
         _exit_with(err)
+
+
+EXIT_DIR_ENV = "GPTFORGE_EXIT_DIR"
+
+
+def _record_exit_status(status: int | str | None) -> None:
+    directory = os.environ.get(EXIT_DIR_ENV)
+    if not directory:
+        return
+    code = status if isinstance(status, int) else (0 if status is None else 1)
+    with contextlib.suppress(OSError):  # the launcher's directory is gone: nobody is asking
+        Path(directory, f"rank_{os.environ.get('RANK', '0')}").write_text(f"{code}\n")

@@ -7,8 +7,9 @@ names from a fixed set) live in `__post_init__` and in `validate()`, and raise `
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,19 @@ def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
 def _positive(key: str, value: float | None, allow_zero: bool = False) -> None:
     if value is None:
         return
-    if value < 0 or (value == 0 and not allow_zero):
+    if not (value >= 0 if allow_zero else value > 0):  # NaN fails both
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{key}={value} is not valid; it must be {bound}")
+
+
+def _finite_numbers(node: object, prefix: str) -> None:
+    """ConfigError for the first float field of `node` (or float in a list field) that is NaN or infinite:
+    torch would take them and train to NaN weights, or fail deep inside."""
+    for item in fields(node):
+        value = getattr(node, item.name)
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"{prefix}.{item.name}={value} is not valid; it must be a finite number")
 
 
 MODEL_FLAVOURS = ("gpt2", "llama")
@@ -43,6 +54,7 @@ class LoraConfig:
     target_modules: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.proj"])
 
     def __post_init__(self) -> None:
+        _finite_numbers(self, "model.lora")
         _positive("model.lora.rank", self.rank, allow_zero=True)
         _positive("model.lora.alpha", self.alpha)
         if not 0.0 <= self.dropout < 1.0:
@@ -77,12 +89,15 @@ class ModelConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)  # adapters for fine-tuning; see models/lora.py
 
     def __post_init__(self) -> None:
+        _finite_numbers(self, "model")
         _choice("model.flavour", self.flavour, MODEL_FLAVOURS)
         for key in ("block_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
             _positive(f"model.{key}", getattr(self, key))
         _positive("model.vocab_size", self.vocab_size)
         _positive("model.n_kv_head", self.n_kv_head)
         _positive("model.intermediate_size", self.intermediate_size)
+        for key in ("rope_theta", "norm_eps", "init_std"):
+            _positive(f"model.{key}", getattr(self, key))
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}; "
@@ -132,6 +147,7 @@ class TokenizerConfig:
     eos_token: str = "<|endoftext|>"  # separates documents in packed blocks
 
     def __post_init__(self) -> None:
+        _finite_numbers(self, "tokenizer")
         _choice("tokenizer.name", self.name, TOKENIZER_NAMES)
         _positive("tokenizer.vocab_size", self.vocab_size)
 
@@ -152,6 +168,7 @@ class MixtureSourceConfig:
     weight: float = 1.0  # share of training blocks; weights are normalised over the sources
 
     def __post_init__(self) -> None:
+        _finite_numbers(self, "data.sources")
         if (self.path is None) == (self.name is None):
             raise ConfigError("data.sources: give each source exactly one of path or name")
         _positive("data.sources.weight", self.weight)
@@ -185,6 +202,7 @@ class DataConfig:
     sources: list[MixtureSourceConfig] = field(default_factory=list)  # mixture: the weighted sources
 
     def __post_init__(self) -> None:
+        _finite_numbers(self, "data")
         _choice("data.source", self.source, DATA_SOURCES)
         _choice("data.text_format", self.text_format, TEXT_FORMATS)
         _choice("data.text_unit", self.text_unit, TEXT_UNITS)
@@ -226,9 +244,11 @@ class OptimConfig:
     fused: bool | None = None  # None: fused kernel on CUDA, foreach elsewhere
 
     def __post_init__(self) -> None:
+        _finite_numbers(self, "optim")
         _choice("optim.name", self.name, ("adamw",))
         _positive("optim.lr", self.lr)
         _positive("optim.weight_decay", self.weight_decay, allow_zero=True)
+        _positive("optim.eps", self.eps)  # 0 divides by zero where a gradient is zero: NaN weights
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"optim.betas={list(self.betas)} is not valid; give two values in [0, 1)")
 
@@ -248,6 +268,7 @@ class SchedulerConfig:
     wsd_decay_fraction: float = 0.2  # wsd: the last fraction of steps that decays (the rest is flat)
 
     def __post_init__(self) -> None:
+        _finite_numbers(self, "scheduler")
         _choice("scheduler.name", self.name, SCHEDULER_NAMES)
         _positive("scheduler.warmup_steps", self.warmup_steps, allow_zero=True)
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -279,6 +300,7 @@ class StrategyConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific keys passed through unchanged
 
     def __post_init__(self) -> None:
+        _finite_numbers(self, "strategy")
         _choice("strategy.name", self.name, STRATEGY_NAMES)
         _choice("strategy.backend", self.backend, ("auto", "nccl", "gloo"))
         _positive("strategy.timeout_s", self.timeout_s)
@@ -324,6 +346,7 @@ class WandbLoggerConfig:
     dir: str | None = None  # where wandb writes its files; None: the run directory
 
     def __post_init__(self) -> None:
+        _finite_numbers(self, "logger.wandb")
         _choice("logger.wandb.mode", self.mode, WANDB_MODES)
 
 
@@ -381,12 +404,14 @@ class TrainerConfig:
     profile_active_steps: int = 3  # steps recorded in the trace
 
     def __post_init__(self) -> None:
+        _finite_numbers(self, "trainer")
         for key in ("max_steps", "micro_batch_size", "log_every", "eval_batches", "keep_last"):
             _positive(f"trainer.{key}", getattr(self, key))
         for key in ("grad_clip", "eval_every", "checkpoint_every", "sample_tokens"):
             _positive(f"trainer.{key}", getattr(self, key), allow_zero=True)
         _positive("trainer.global_batch_size", self.global_batch_size)
         _positive("trainer.max_tokens", self.max_tokens)
+        _positive("trainer.peak_flops_per_sec", self.peak_flops_per_sec)
         _positive("trainer.threads", self.threads)
         _positive("trainer.cpu_batch_threads", self.cpu_batch_threads)
         _choice("trainer.precision", self.precision, PRECISIONS)
@@ -416,6 +441,7 @@ class EvalConfig:
     max_new_tokens: int | None = None  # generative tasks: tokens per answer; None: each task's own
 
     def __post_init__(self) -> None:
+        _finite_numbers(self, "eval")
         _positive("eval.every", self.every, allow_zero=True)
         _positive("eval.limit", self.limit)
         _positive("eval.num_fewshot", self.num_fewshot, allow_zero=True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+
+from gptforge.records import read_metrics
 
 SUMMARY_FILE = "sweep_summary.md"
 
@@ -29,19 +30,6 @@ def job_dirname(task_overrides: list[str], job_num: int, argv: list[str] | None 
     return ",".join(parts) or str(job_num)
 
 
-def read_records(path: Path) -> list[dict]:
-    """The records of a metrics.jsonl; a torn last line (a crash mid-write) is left out."""
-    records = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """The run directories under a sweep directory (those holding metrics.jsonl), in name order."""
     if not sweep_dir.is_dir():
@@ -51,7 +39,7 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 def summarise(run_dir: Path) -> dict[str, Any]:
     """A job's final step, train loss, val loss and median tokens/s, from its metrics.jsonl."""
-    records = read_records(run_dir / "metrics.jsonl")
+    records = read_metrics(run_dir / "metrics.jsonl")
     train = [r for r in records if "loss" in r and "event" not in r]
     val = [r for r in records if "val_loss" in r]
     rates = [r["tokens_per_sec"] for r in train if "tokens_per_sec" in r]

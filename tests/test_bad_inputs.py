@@ -36,11 +36,12 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def digest(run_dir: Path) -> dict[str, str]:
-    """sha256 of every file of the run; Hydra's own record of each launch (.hydra/, train.log) aside."""
+    """sha256 of every file of the run; the record of each start (.hydra/, train.log, the lock's holder)
+    aside."""
     return {
         str(path.relative_to(run_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(run_dir.rglob("*"))
-        if path.is_file() and ".hydra" not in path.parts and path.name != "train.log"
+        if path.is_file() and ".hydra" not in path.parts and path.name not in ("train.log", ".gptforge.lock")
     }
 
 
@@ -128,6 +129,18 @@ CASES = {
     "unknown tokenizer": Case(train("tokenizer=foo"), ("tokenizer/foo", "byte", "char")),
     "unknown model": Case(train("model=gpt5"), ("model/gpt5", "gpt2_124m", "llama_tiny")),
     "bad precision": Case(train("trainer.precision=fp8"), ("trainer.precision='fp8'", "bf16", "fp32")),
+    # numbers torch would take and train to NaN weights with (or fail on deep inside)
+    "lr NaN": Case(train("optim.lr=nan"), ("optim.lr=nan", "finite number")),
+    "lr infinite": Case(train("optim.lr=inf"), ("optim.lr=inf", "finite number")),
+    "grad_clip NaN": Case(train("trainer.grad_clip=nan"), ("trainer.grad_clip=nan", "finite number")),
+    "AdamW eps zero": Case(train("optim.eps=0"), ("optim.eps=0.0", "> 0")),
+    "a logger list of the wrong type": Case(
+        train("logger=[console,jsonl,5]"), ("logger=[console, jsonl, 5]", "5 is not a logger option", "wandb")
+    ),
+    "out_dir is a file": Case(
+        lambda tmp, run: [*FAST, f"out_dir={write(tmp / 'notes.txt', 'keep me')}"],
+        ("out_dir=", "notes.txt", "it is a file", "a directory this user can create"),
+    ),
     # data: checked when the files are opened, before the model is built
     "missing data file": Case(train("data.path=missing.txt"), ("missing.txt does not exist", "data.path")),
     "empty data file": Case(with_data("empty.txt", ""), ("empty.txt is empty", "text")),
@@ -185,6 +198,11 @@ CASES = {
         on_run("tokenizer=byte"),
         ("tokenizer.name: 'char' -> 'byte'", "original config"),
         guards=lambda tmp, run: run,
+    ),
+    "overwrite with a missing data file": Case(
+        on_run("trainer.resume=never", "trainer.overwrite=true", "data.path=missing.txt"),
+        ("missing.txt does not exist",),
+        guards=lambda tmp, run: run,  # validated before the earlier run is moved aside: nothing moved
     ),
     "resume=never without overwrite": Case(
         on_run("trainer.resume=never"),
@@ -251,10 +269,14 @@ def test_bad_input_gives_one_line_and_loses_nothing(case: Case, tmp_path: Path, 
         assert not (tmp_path / "out" / "checkpoints").exists()
 
 
-def test_debug_true_shows_the_traceback(tmp_path: Path) -> None:
-    result = run_script("train.py", *FAST, f"out_dir={tmp_path}", "model.n_layer=0", "debug=true")
-    assert result.returncode != 0
-    assert "Traceback" in result.stderr and "ConfigError: model.n_layer=0" in result.stderr
+@pytest.mark.parametrize("asked", [["debug=true"], []], ids=["debug=true", "GPTFORGE_DEBUG=1"])
+def test_debug_shows_the_traceback_as_every_error_line_says(tmp_path: Path, asked: list[str]) -> None:
+    env = {} if asked else {"GPTFORGE_DEBUG": "1"}
+    for culprit in ("model.n_layer=0", "data.path=missing.txt"):  # at composition, and inside the run
+        result = run_script("train.py", *FAST, f"out_dir={tmp_path}", culprit, *asked, env=env)
+        assert result.returncode != 0
+        assert "Traceback (most recent call last)" in result.stderr, result.stderr
+        assert "Error:" in result.stderr.splitlines()[-1]
 
 
 def test_the_trained_run_is_intact_after_the_battery(trained_run: Path) -> None:

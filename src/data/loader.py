@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from gptforge.data.stream import BlockStream, StreamSpec
 from gptforge.errors import DataError
 from gptforge.models.gpt import IGNORE_INDEX
+from gptforge.preemption import ignore_preemption_signals
 
 
 def _as_is(batch):
@@ -98,7 +99,12 @@ class StreamingLoader:
         generator = torch.Generator().manual_seed(self.spec.seed)
         return iter(
             DataLoader(
-                dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is, generator=generator
+                dataset,
+                batch_size=None,
+                num_workers=self.num_workers,
+                collate_fn=_as_is,
+                generator=generator,
+                worker_init_fn=ignore_preemption_signals,  # the main process saves, then stops them
             )
         )
 

@@ -100,7 +100,12 @@ def load_tokenizer(directory: Path) -> Tokenizer:
     path = Path(directory) / TOKENIZER_FILE
     if not path.is_file():
         raise DataError(f"no tokenizer saved at {path}")
-    meta = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(
+            f"{path} is not a readable tokenizer record ({err}); restore it from a checkpoint"
+        ) from None
     if meta["name"] == "char":
         return CharTokenizer(meta["chars"], meta["eos_token"])
     if meta["name"] == "byte":

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from gptforge.config import Config
 from gptforge.data import BatchLayout, Tokenizer, build_data
@@ -19,6 +18,7 @@ from gptforge.eval.evaluator import build_task_evaluator
 from gptforge.models import GPT
 from gptforge.models.lora import apply_lora
 from gptforge.trainer import checkpoint as ckpt
+from gptforge.trainer.lock import RunDirectoryLock
 from gptforge.trainer.loop import Trainer, finished_message
 from gptforge.trainer.metrics import peak_flops_per_sec
 from gptforge.trainer.plan import RunPlan, grad_accum_steps, plan_run, resolve_vocab_size
@@ -96,7 +96,40 @@ def build_trainer(cfg: Config, run_dir: Path, strategy: Strategy | None = None) 
     )
     train_loader, make_val_batches = build_data(cfg.data, tokenizer, layout)
     task_evaluator = build_task_evaluator(cfg.eval, tokenizer, cfg.model.block_size, cfg.data)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_run_dir(run_dir, strategy)  # everything is checked: from here on the run directory is ours
+    try:
+        return _build_model_and_trainer(
+            plan, strategy, tokenizer, train_loader, make_val_batches, task_evaluator, lock
+        )
+    except BaseException:
+        lock.release()
+        raise
+
+
+def lock_run_dir(run_dir: Path, strategy: Strategy) -> RunDirectoryLock:
+    """The run directory's lock, taken by the main rank; every rank fails alike when another run has it."""
+    lock, failure = RunDirectoryLock(run_dir), None
+    if strategy.is_main:
+        try:
+            lock.acquire()
+        except ConfigError as err:
+            failure = err
+    failure = strategy.broadcast_object(failure)
+    if failure is not None:
+        raise failure
+    return lock
+
+
+def _build_model_and_trainer(
+    plan: RunPlan,
+    strategy: Strategy,
+    tokenizer: Tokenizer,
+    train_loader: object,
+    make_val_batches: object,
+    task_evaluator: object,
+    lock: RunDirectoryLock,
+) -> Trainer:
+    cfg, tcfg, run_dir = plan.cfg, plan.cfg.trainer, plan.run_dir
     prepare_run_dir(cfg, run_dir, strategy.is_main)
     strategy.barrier()
 
@@ -110,9 +143,10 @@ def build_trainer(cfg: Config, run_dir: Path, strategy: Strategy | None = None) 
     seed_everything(cfg.seed + strategy.rank)  # dropout differs across ranks, as it should
     strategy.barrier()  # every rank has read the run directory: now it may change
     if strategy.is_main:  # only now: a start refused above leaves the run directory as it was
-        tokenizer.save(run_dir)
-        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
-    return Trainer(plan, strategy, tokenizer, train_loader, make_val_batches, flops_per_token, task_evaluator)
+        ckpt.save_files_atomically(run_dir, lambda tmp: ckpt.save_run_files(tmp, cfg, tokenizer))
+    return Trainer(
+        plan, strategy, tokenizer, train_loader, make_val_batches, flops_per_token, task_evaluator, lock
+    )
 
 
 def dry_run(cfg: Config, run_dir: Path) -> RunSummary:
@@ -168,4 +202,4 @@ def train(cfg: Config, run_dir: Path | None = None) -> dict:
                 print("\n--- sample ---\n" + text + "\n--------------")
         return metrics
     finally:
-        trainer.strategy.teardown()
+        trainer.close()

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +28,14 @@ from gptforge.errors import CheckpointError
 
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
+CONFIG = "config.yaml"
 LATEST = "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _PRUNED_PREFIX = ".pruned-"  # a checkpoint being deleted: out of the step_<N> namespace first
+
+
+def _step_of(directory: Path) -> int:
+    return int(_STEP_DIR.match(directory.name).group(1))
 
 
 def _sha256(path: Path) -> str:
@@ -48,7 +54,8 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` by `text` in one rename: a crash leaves the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
         f.write(text)
@@ -103,13 +110,14 @@ class Checkpointer:
         self.is_main = is_main
         self.barrier = barrier
         self.any_rank = any_rank  # collective: True on every rank if True on any (doubles as a barrier)
+        self._valid: set[Path] = set()  # checkpoints this process wrote or verified: counted by keep_last
 
     def step_dirs(self) -> list[Path]:
         """Committed-looking checkpoint directories, newest first."""
         if not self.root.is_dir():
             return []
         dirs = [p for p in self.root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
-        return sorted(dirs, key=lambda p: int(_STEP_DIR.match(p.name).group(1)), reverse=True)
+        return sorted(dirs, key=_step_of, reverse=True)
 
     def latest_valid(self) -> Path | None:
         """The newest checkpoint that passes `verify`; broken ones are reported and skipped.
@@ -121,6 +129,7 @@ class Checkpointer:
         for directory in candidates:
             problem = verify(directory)
             if problem is None:
+                self._valid.add(directory)
                 return directory
             if self.is_main:
                 print(f"gptforge: skipping checkpoint {directory}: {problem}", flush=True)
@@ -145,19 +154,41 @@ class Checkpointer:
         """
         final = self.root / f"step_{step}"
         tmp = self.root / f".tmp-step_{step}"
-        if self.is_main:
-            if tmp.exists():
-                shutil.rmtree(tmp)  # a partial save from a crashed run: never committed, safe to drop
-            for pruned in self.root.glob(f"{_PRUNED_PREFIX}*") if self.root.is_dir() else []:
-                shutil.rmtree(pruned)  # a prune cut short by a crash: the run already let it go
-            tmp.mkdir(parents=True)
-        self.barrier()
+        failure = _attempt(lambda: self._prepare(tmp)) if self.is_main else None
+        self._raise_if_any(failure, tmp, f"creating {tmp.name} for checkpoint {final.name}")
         failure = _attempt(lambda: (write_shards(tmp), self.is_main and write_main(tmp)))
         self._raise_if_any(failure, tmp, f"writing checkpoint {final.name}")
         if self.is_main:
             failure = _attempt(lambda: (self._commit(tmp, final), self._prune()))
         self._raise_if_any(failure, tmp, f"committing checkpoint {final.name}")
         return final
+
+    def _prepare(self, tmp: Path) -> None:
+        if tmp.exists():
+            shutil.rmtree(tmp)  # a partial save from a crashed run: never committed, safe to drop
+        for pruned in self.root.glob(f"{_PRUNED_PREFIX}*") if self.root.is_dir() else []:
+            shutil.rmtree(pruned)  # a prune cut short by a crash: the run already let it go
+        tmp.mkdir(parents=True)
+
+    def resume_from(self, directory: Path | None) -> None:
+        """Start after `directory`, the newest valid checkpoint (`latest_valid`): the ones named after later
+        steps are damaged and set aside (main rank), so that no later prune counts them as kept."""
+        if directory is None:
+            return
+        self._valid.add(directory)
+        if self.is_main:
+            for newer in [d for d in self.step_dirs() if _step_of(d) > _step_of(directory)]:
+                self._set_aside(newer)
+
+    def _set_aside(self, directory: Path) -> Path:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside, attempt = directory.with_name(f"{directory.name}.damaged-{stamp}"), 1
+        while aside.exists():
+            attempt += 1
+            aside = directory.with_name(f"{directory.name}.damaged-{stamp}-{attempt}")
+        os.replace(directory, aside)
+        print(f"gptforge: set aside damaged checkpoint {directory.name} as {aside.name}", flush=True)
+        return aside
 
     def _raise_if_any(self, failure: Exception | None, tmp: Path, doing: str) -> None:
         if not self.any_rank(failure is not None):
@@ -168,7 +199,8 @@ class Checkpointer:
             reason = "it failed on another rank"
         else:
             reason = getattr(failure, "strerror", None) or str(failure).splitlines()[0]
-            reason += f" ({shutil.disk_usage(self.root).free / 1e6:.1f} MB free there)"
+            existing = next(p for p in (self.root, *self.root.parents) if p.exists())
+            reason += f" ({shutil.disk_usage(existing).free / 1e6:.1f} MB free there)"
         raise CheckpointError(
             f"{doing} in {self.root} failed: {reason}; earlier checkpoints are untouched"
         ) from failure
@@ -178,22 +210,35 @@ class Checkpointer:
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             _fsync(path)
             files[str(path.relative_to(tmp))] = {"size": path.stat().st_size, "sha256": _sha256(path)}
-        _write_atomic(tmp / MANIFEST, json.dumps({"files": files}, indent=1))
+        write_atomic(tmp / MANIFEST, json.dumps({"files": files}, indent=1))
         _fsync(tmp)
         if final.exists() and verify(final) is None:
             # the same step saved again (e.g. a resume right after a save): the committed copy stays
             shutil.rmtree(tmp)
         else:
             if final.exists():  # a damaged copy of this step that the run resumed around: keep it aside
-                os.replace(final, final.with_name(f"{final.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"))
+                self._set_aside(final)
             os.replace(tmp, final)
+        self._valid.add(final)
         _fsync(self.root)
-        _write_atomic(self.root / LATEST, final.name + "\n")
+        write_atomic(self.root / LATEST, final.name + "\n")
 
     def _prune(self) -> None:
-        for old in self.step_dirs()[self.keep_last :]:
-            doomed = old.with_name(_PRUNED_PREFIX + old.name)
-            os.replace(old, doomed)
+        """Keep the newest `keep_last` valid checkpoints; a damaged one is set aside, never counted, so a
+        prune can never leave the run without a checkpoint to resume from."""
+        kept = 0
+        for directory in self.step_dirs():
+            if kept < self.keep_last:  # a candidate to keep: it must be valid (each is verified once)
+                if directory not in self._valid:
+                    if verify(directory) is not None:
+                        self._set_aside(directory)
+                        continue
+                    self._valid.add(directory)
+                kept += 1
+                continue
+            doomed = directory.with_name(_PRUNED_PREFIX + directory.name)
+            os.replace(directory, doomed)
+            self._valid.discard(directory)
             shutil.rmtree(doomed)
 
 
@@ -221,6 +266,28 @@ def find_checkpoint(path: str | Path) -> Path:
         if found is not None:
             return found
     raise CheckpointError(f"{path} holds no checkpoint; give a step_<N> dir or a run directory with one")
+
+
+def save_run_files(directory: Path, cfg: object, tokenizer: object) -> None:
+    """What a run keeps at the top of its directory and in each checkpoint: its config and tokenizer."""
+    from omegaconf import OmegaConf
+
+    tokenizer.save(directory)
+    OmegaConf.save(OmegaConf.structured(cfg), directory / CONFIG)
+
+
+def save_files_atomically(directory: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` into a fresh directory beside `directory`, then each file renamed into place: the run
+    directory never holds a half-written tokenizer or config, whatever stops the process."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=directory))
+    try:
+        write(tmp)
+        for path in tmp.iterdir():
+            _fsync(path)
+            os.replace(path, directory / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:

@@ -16,16 +16,13 @@ from __future__ import annotations
 import functools
 import math
 import os
-import signal
-import threading
 import time
 from collections import deque
-from collections.abc import Callable
 
 from gptforge.config import TrainerConfig
 from gptforge.errors import GptforgeError
+from gptforge.preemption import PREEMPTED_EXIT_CODE
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again later; a requeued job resumes from the checkpoint
 INJECT_ENV = "GPTFORGE_INJECT_NONFINITE"  # "<step>:<rank>" makes that rank's gradients inf (tests)
 # "<step>:<rank>:<seconds>" makes that rank sleep inside that step, on torchrun's first attempt only (tests)
 INJECT_HANG_ENV = "GPTFORGE_INJECT_HANG"
@@ -48,6 +45,14 @@ class Preempted(TrainingStopped):
         return cls(
             f"preempted by {received} at step {step}; checkpoint step_{step} saved: "
             "run the same command to resume"
+        )
+
+    @classmethod
+    def before_training(cls, step: int, signal_name: str | None) -> Preempted:
+        received = signal_name or "a signal on another rank"
+        resume = f"resume from step {step}" if step else "start"
+        return cls(
+            f"preempted by {received} during start-up, before any step ran: run the same command to {resume}"
         )
 
 
@@ -116,26 +121,3 @@ def inject_hang(step: int, rank: int) -> None:
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
     if target and first_attempt and (step, rank) == target[:2]:
         time.sleep(target[2])
-
-
-class PreemptionWatcher:
-    """Notes SIGTERM / SIGUSR1; `requested(any_rank)` tells every rank if any rank got one."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self._previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._note)
-
-    def _note(self, signum: int, frame: object) -> None:
-        self.signal_name = signal.Signals(signum).name
-
-    def requested(self, any_rank: Callable[[bool], bool]) -> bool:
-        return any_rank(self.signal_name is not None)
-
-    def close(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)

@@ -20,6 +20,8 @@ from gptforge.cli import log_only
 from gptforge.config import Config, LoggerConfig, WandbLoggerConfig
 from gptforge.errors import ConfigError
 from gptforge.eval.evaluator import TASK_PREFIX
+from gptforge.records import read_metrics
+from gptforge.trainer.checkpoint import write_atomic
 from gptforge.trainer.summary import RunSummary
 
 WANDB_ID_FILE = "wandb_run_id"
@@ -128,12 +130,8 @@ class JsonlLogger:
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = Path(path)
         if resume_step is not None and self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [json.dumps(r) for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            write_atomic(self.path, "".join(line + "\n" for line in kept))
         self.file = open(self.path, "a")  # noqa: SIM115 - held open for the run, closed by close()
 
     def log(self, record: dict) -> None:
@@ -186,7 +184,7 @@ class WandbLogger:
             id=run_id,
             resume="allow",
         )
-        id_file.write_text(self.run.id + "\n")
+        write_atomic(id_file, self.run.id + "\n")
 
     def log(self, record: dict) -> None:
         self.run.log(scalars(record), step=record["step"])

@@ -12,15 +12,16 @@ from gptforge.data import RandomWindowLoader, Tokenizer
 from gptforge.eval.evaluator import TaskEvaluator, metric_record
 from gptforge.eval.loss import loss_sums, perplexity
 from gptforge.models import generate
+from gptforge.preemption import PreemptionWatcher, watch_for_preemption
 from gptforge.trainer import checkpoint as ckpt
 from gptforge.trainer.faults import (
     Preempted,
-    PreemptionWatcher,
     StepGuard,
     TrainingStopped,
     inject_hang,
     injected_loss_scale,
 )
+from gptforge.trainer.lock import RunDirectoryLock
 from gptforge.trainer.loggers import Loggers, build_loggers
 from gptforge.trainer.metrics import ThroughputMeter, peak_flops_per_sec
 from gptforge.trainer.plan import RunPlan
@@ -53,6 +54,7 @@ class Trainer:
         make_val_batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None,
         flops_per_token: int,
         task_evaluator: TaskEvaluator | None = None,
+        run_lock: RunDirectoryLock | None = None,
     ) -> None:
         cfg = plan.cfg
         self.plan = plan
@@ -66,6 +68,7 @@ class Trainer:
         self.grad_accum_steps = plan.grad_accum_steps
         self.resume_from = plan.resume_from  # found and checked by plan_run before the build
         self.task_evaluator = task_evaluator  # downstream tasks (eval.tasks); None: none configured
+        self.run_lock = run_lock or RunDirectoryLock(self.run_dir)  # held for the run's life (main rank)
         self.config_hash = config_hash(OmegaConf.to_container(OmegaConf.structured(cfg)), strategy.world_size)
         self.schedule = LRSchedule(cfg.scheduler, cfg.optim.lr, self.tcfg.max_steps)
         self.checkpointer = ckpt.Checkpointer(
@@ -75,6 +78,7 @@ class Trainer:
             strategy.barrier,
             strategy.broadcast_flag,
         )
+        self.checkpointer.resume_from(plan.resume_from)
         self.tokens_per_step = train_loader.global_batch_size * cfg.model.block_size
         peak = peak_flops_per_sec(strategy.device, self.tcfg.peak_flops_per_sec)
         self.meter = ThroughputMeter(flops_per_token, peak, strategy.world_size)
@@ -84,12 +88,17 @@ class Trainer:
         self.tokens_seen = 0
         self.loggers: Loggers | None = None
 
-    def fit(self) -> dict:
+    def fit(self, preemption: PreemptionWatcher | None = None) -> dict:
         """Train to `trainer.max_steps` (resuming if a checkpoint exists); returns the last metrics.
 
         A run that is already finished says so and returns {} without training, evaluating or saving.
+        `preemption` (default: the process's watcher, which scripts/train.py starts on its first line)
+        turns SIGTERM / SIGUSR1 into a checkpoint and exit code 75, whenever it arrived.
         """
+        preemption = preemption or watch_for_preemption()
         self.resume()
+        if preemption.requested(self.strategy.broadcast_flag):  # during start-up: nothing new to save
+            raise Preempted.before_training(self.step, preemption.signal_name)
         if self.step >= self.tcfg.max_steps:
             if self.strategy.is_main:
                 print(finished_message(self.run_dir, self.step, self.tcfg.max_steps), flush=True)
@@ -99,7 +108,6 @@ class Trainer:
         last: dict = {}
         self.meter.reset()
         self.profiler.start()
-        preemption = PreemptionWatcher()
         try:
             while self.step < self.tcfg.max_steps:
                 last |= self.run_step()
@@ -113,7 +121,6 @@ class Trainer:
                 last |= self.evaluate_tasks()
             self.save()
         finally:
-            preemption.close()
             self.profiler.close()
             if self.loggers is not None:
                 self.loggers.close()
@@ -228,8 +235,7 @@ class Trainer:
                 "config_hash": self.config_hash,
             }
             ckpt.write_trainer_state(directory, state)
-            OmegaConf.save(OmegaConf.structured(self.cfg), directory / "config.yaml")
-            self.tokenizer.save(directory)
+            ckpt.save_run_files(directory, self.cfg, self.tokenizer)
 
         with self.meter.paused():  # nor is writing a checkpoint
             self.checkpointer.save(self.step, write_shards, write_main)
@@ -265,6 +271,11 @@ class Trainer:
             )
         model.train()
         return self.tokenizer.decode(out[0].tolist())
+
+    def close(self) -> None:
+        """End the run: the strategy's processes and memory, and the run directory's lock."""
+        self.strategy.teardown()
+        self.run_lock.release()
 
     def summary(self) -> RunSummary:
         """What this run is about to do; the console prints it and wandb / TensorBoard keep it."""

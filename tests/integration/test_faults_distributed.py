@@ -5,12 +5,24 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from launch_utils import ROOT, TINY_RUN, check, env, records, torchrun, torchrun_command, train_losses
+from launch_utils import (
+    ROOT,
+    TINY_RUN,
+    check,
+    env,
+    free_port,
+    records,
+    torchrun,
+    torchrun_command,
+    train_losses,
+)
 
+from gptforge.preemption import PREEMPTED_EXIT_CODE
 from gptforge.trainer.faults import INJECT_ENV
 
 pytestmark = pytest.mark.multiprocess
@@ -54,34 +66,56 @@ def test_inf_on_one_rank_skips_the_step_on_every_rank(tmp_path: Path, strategy: 
     assert sorted(losses) == list(range(1, 9)) and all(loss == loss for loss in losses.values())
 
 
-def test_sigterm_to_one_rank_stops_all_with_a_checkpoint_and_the_rerun_resumes(
+def launch_in_session(overrides: list[str]) -> subprocess.Popen:
+    """`NPROC=2 ./launch.sh <overrides>` in a session of its own: SLURM signals every process of a job."""
+    return subprocess.Popen(
+        [str(ROOT / "launch.sh"), *overrides],
+        cwd=ROOT,
+        env={**env(), "PYTHON": sys.executable, "NPROC": "2", "MASTER_PORT": str(free_port())},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for_records(run_dir: Path, launcher: subprocess.Popen, count: int) -> None:
+    metrics = run_dir / "metrics.jsonl"
+    while launcher.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < count):
+        time.sleep(0.01)
+
+
+def test_sigterm_to_one_rank_stops_all_with_a_checkpoint_and_launch_sh_exits_75(
     tmp_path: Path, straight_losses: dict[int, float]
 ) -> None:
     common = [*DDP_RUN, "trainer.checkpoint_every=100"]
     run_dir = tmp_path / "preempted"
-    launcher = subprocess.Popen(
-        torchrun_command([*common, f"out_dir={run_dir}"]),
-        cwd=ROOT,
-        env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    metrics = run_dir / "metrics.jsonl"
-    while launcher.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < 10):
-        time.sleep(0.01)
-    workers = subprocess.run(
-        ["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True
-    ).stdout.split()
-    assert len(workers) == 2
-    subprocess.run(["kill", f"-{signal.SIGUSR1.value}", workers[-1]], check=True)  # one rank only
-    launcher.wait(timeout=120)
-    assert launcher.returncode != 0  # torchrun reports the workers' exit code 75 as a failure
+    launcher = launch_in_session([*common, f"out_dir={run_dir}"])
+    wait_for_records(run_dir, launcher, 10)
+    torchrun_pid = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout
+    workers = subprocess.run(["pgrep", "-P", torchrun_pid.split()[0]], capture_output=True, text=True).stdout
+    assert len(workers.split()) == 2
+    subprocess.run(["kill", f"-{signal.SIGUSR1.value}", workers.split()[-1]], check=True)  # one rank only
+    _, stderr = launcher.communicate(timeout=120)
+    # torchrun reports the ranks' 75 as its own failure; launch.sh exits as its ranks did
+    assert launcher.returncode == PREEMPTED_EXIT_CODE, stderr[-3000:]
+    assert "gptforge: preempted: all 2 ranks on this node saved the checkpoint and exited 75" in stderr
     assert len(list((run_dir / "checkpoints").glob("step_*"))) == 1
 
     check(torchrun([*common, f"out_dir={run_dir}"], timeout=300))
     got = train_losses(run_dir)
     assert sorted(got) == list(range(1, 31))
     assert got == straight_losses  # same curve, bit for bit on CPU
+
+
+def test_sigterm_to_the_whole_job_under_launch_sh_exits_75(tmp_path: Path) -> None:
+    run_dir = tmp_path / "preempted"
+    launcher = launch_in_session([*DDP_RUN, "trainer.max_steps=300", f"out_dir={run_dir}"])
+    wait_for_records(run_dir, launcher, 6)
+    os.killpg(launcher.pid, signal.SIGTERM)  # launch.sh, torchrun and both ranks, as scancel does
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode == PREEMPTED_EXIT_CODE, stderr[-3000:]
+    assert len(list((run_dir / "checkpoints").glob("step_*"))) == 1
 
 
 def worker_of_rank(launcher_pid: int, rank: int) -> int:

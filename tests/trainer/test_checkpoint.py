@@ -143,3 +143,61 @@ def test_a_mangled_manifest_is_a_damaged_checkpoint(checkpointer: Checkpointer, 
     path = save(checkpointer, 10)
     (path / "manifest.json").write_text(manifest)
     assert verify(path) == "manifest is not valid"
+
+
+def test_pruning_never_deletes_the_last_valid_checkpoint(tmp_path: Path) -> None:
+    # the bug: with the newest checkpoint damaged and keep_last=1, a resume's first prune kept the damaged
+    # one and deleted every valid checkpoint, so the next start found none
+    root = tmp_path / "checkpoints"
+    first = Checkpointer(root, keep_last=3, is_main=True, barrier=lambda: None)
+    save(first, 10)
+    damaged = save(first, 20)
+    (damaged / "model.pt").write_bytes(b"bit rot")
+
+    resumed = Checkpointer(root, keep_last=1, is_main=True, barrier=lambda: None)
+    start = resumed.latest_valid()
+    assert start.name == "step_10"
+    resumed.resume_from(start)  # step_20 is set aside: it is no checkpoint any more
+    save(resumed, 15)
+    assert [d.name for d in resumed.step_dirs()] == ["step_15"]
+    assert [p.name.split("-")[0] for p in root.glob("step_20.damaged-*")] == ["step_20.damaged"]
+    assert (
+        Checkpointer(root, keep_last=1, is_main=True, barrier=lambda: None).latest_valid().name == "step_15"
+    )
+
+
+def test_a_checkpoint_damaged_while_the_run_goes_on_is_set_aside_not_kept(checkpointer: Checkpointer) -> None:
+    save(checkpointer, 10)
+    newer = save(checkpointer, 20)
+    (newer / "model.pt").write_bytes(b"bit rot")  # between two saves, a checkpoint the prune would keep
+    fresh = Checkpointer(checkpointer.root, keep_last=2, is_main=True, barrier=lambda: None)
+    save(fresh, 30)  # keep_last=2 counts valid ones: 30 and 10; 20 leaves the step names
+    assert [d.name for d in fresh.step_dirs()] == ["step_30", "step_10"]
+    assert list(fresh.root.glob("step_20.damaged-*"))
+
+
+def test_a_checkpoint_directory_that_cannot_be_created_is_the_same_one_line_error(small_inodes: Path) -> None:
+    checkpointer = Checkpointer(small_inodes / "checkpoints", keep_last=5, is_main=True, barrier=lambda: None)
+    good = save(checkpointer, 10)
+    step = 20
+    with pytest.raises(CheckpointError) as err:  # creating .tmp-step_N runs out of inodes
+        while True:
+            save(checkpointer, step)
+            step += 10
+    message = str(err.value)
+    assert "failed: No space left on device" in message and "earlier checkpoints are untouched" in message
+    assert "\n" not in message and verify(good) is None
+
+
+@pytest.fixture
+def small_inodes(tmp_path: Path):
+    """A real tmpfs with room for a handful of files, so that creating a directory really fails."""
+    mount_point = tmp_path / "few_inodes"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,nr_inodes=24", "tmpfs", str(mount_point)], check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    yield mount_point
+    subprocess.run(["umount", "--lazy", str(mount_point)], check=True)

@@ -201,7 +201,7 @@ def arm(phase: str, strategy: SingleDeviceStrategy) -> None:
     from gptforge.trainer import checkpoint
 
     real_save, real_replace, real_rmtree = strategy.save, os.replace, shutil.rmtree
-    real_write_atomic = checkpoint._write_atomic
+    real_write_atomic = checkpoint.write_atomic
 
     def save(directory: Path) -> None:
         real_save(directory)
@@ -227,7 +227,7 @@ def arm(phase: str, strategy: SingleDeviceStrategy) -> None:
             sigkill_self()
         real_rmtree(path, *args, **kwargs)
 
-    strategy.save, checkpoint._write_atomic = save, write_atomic
+    strategy.save, checkpoint.write_atomic = save, write_atomic
     os.replace, shutil.rmtree = replace, rmtree
 
 

@@ -14,8 +14,9 @@ import torch
 from conftest import ROOT, TINY, run_script
 
 from gptforge.config import TrainerConfig
+from gptforge.preemption import PREEMPTED_EXIT_CODE
 from gptforge.trainer import train
-from gptforge.trainer.faults import INJECT_ENV, PREEMPTED_EXIT_CODE, StepGuard, TrainingStopped
+from gptforge.trainer.faults import INJECT_ENV, StepGuard, TrainingStopped
 
 FAULT_RUN = [
     "trainer.max_steps=8",

@@ -62,7 +62,7 @@ def test_a_token_budget_sets_the_steps_and_the_summary_says_so(tmp_path: Path) -
         assert rows["corpus"].startswith("1.00M training tokens: the run reads 0.00 epochs")
         assert trainer.fit()["step"] == 8
     finally:
-        trainer.strategy.teardown()
+        trainer.close()
 
 
 def test_a_token_budget_shorter_than_the_warm_up_is_refused(tmp_path: Path) -> None:
@@ -149,7 +149,7 @@ def test_bpe_without_a_path_is_trained_on_the_corpus_and_kept_for_the_resume(tmp
     trainer = build_trainer(
         compose_config([*common, "trainer.max_steps=4", "scheduler.decay_steps=2"]), run_dir
     )  # resumes: the saved tokenizer, not a new one
-    trainer.strategy.teardown()
+    trainer.close()
     assert "training a BPE" not in capsys.readouterr().out
     assert trainer.cfg.model.vocab_size == 300
     from gptforge.data import load_tokenizer

@@ -72,13 +72,13 @@ def test_sft_starts_from_the_checkpoints_weights_and_tokenizer(pretrained: Path,
         state = trainer.strategy.unwrapped_model.state_dict()
         assert all(torch.equal(state[k], v) for k, v in loaded.model.state_dict().items())
     finally:
-        trainer.strategy.teardown()
+        trainer.close()
     # the architecture and tokenizer come from the checkpoint, whatever model.* and tokenizer say
     other = sft_config(
         tmp_path / "byte", f"trainer.init_from={pretrained}", "tokenizer=byte", "model.n_layer=6"
     )
     trainer = build_trainer(other, tmp_path / "byte")
-    trainer.strategy.teardown()
+    trainer.close()
     assert (trainer.tokenizer.name, trainer.cfg.tokenizer.name, trainer.cfg.model.n_layer) == (
         "char",
         "char",
@@ -97,7 +97,7 @@ def test_sft_from_a_consolidated_file_finds_the_tokenizer_it_was_trained_with(
     file = tmp_path / "exported" / "model.safetensors"
     save_consolidated(state, file, metadata)
     trainer = build_trainer(sft_config(tmp_path / "run", f"trainer.init_from={file}"), tmp_path / "run")
-    trainer.strategy.teardown()
+    trainer.close()
     assert tokenizer_fingerprint(trainer.tokenizer) == tokenizer_fingerprint(
         load_checkpoint(pretrained).tokenizer
     )
