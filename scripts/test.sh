@@ -7,4 +7,6 @@ bash scripts/setup.sh dev
 # lint is part of the tests: style, import order and the import boundary (models know nothing of distribution)
 .venv/bin/ruff check src scripts tests
 .venv/bin/ruff format --check --quiet src scripts tests
-exec .venv/bin/python -m pytest "$@"
+# two workers (pytest-xdist), each test file on one of them so that its shared fixtures are built once:
+# most tests wait on subprocesses, and a second worker fills the cores they leave idle
+exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from gptforge.config import Config, DataConfig, ModelConfig, StrategyConfig, TrainerConfig
 from gptforge.errors import ConfigError, LaunchError
 from gptforge.trainer import train
+from gptforge.trainer.lock import LOCK_FILE
 from gptforge.trainer.resume import check_world_size, config_changes, config_hash, set_aside
 
 QUICK = ["trainer.threads=1", "trainer.eval_every=0", "trainer.log_every=1", "scheduler.warmup_steps=1"]
@@ -32,11 +33,12 @@ def changed(**trainer_or_model) -> dict:
 
 
 def tree_digest(directory: Path) -> dict[str, str]:
-    """sha256 of every file under `directory`, by relative path: equal digests, nothing changed."""
+    """sha256 of every file under `directory`, by relative path: equal digests, nothing changed (the run
+    directory's lock, which records who holds it, aside)."""
     return {
         str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(directory.rglob("*"))
-        if path.is_file()
+        if path.is_file() and path.name != LOCK_FILE
     }
 
 
