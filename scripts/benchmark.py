@@ -258,7 +258,9 @@ class ReferenceRunner:
         from gptforge.trainer.strategies.base import resolve_device, resolve_precision
 
         cfg = compose_config(overrides)
-        if cfg.data.source != "text_file" or cfg.tokenizer.name != "char" or cfg.model.flavour != "gpt2":
+        parts = cfg.model.components
+        gpt2_components = (parts.norm, parts.mlp, parts.position) == ("layernorm", "gelu", "learned")
+        if cfg.data.source != "text_file" or cfg.tokenizer.name != "char" or not gpt2_components:
             raise SystemExit(
                 "error: reference runs gpt2-flavour models on data=shakespeare_char (char tokens)"
             )
@@ -281,7 +283,7 @@ class ReferenceRunner:
             n_head=cfg.model.n_head,
             n_embd=cfg.model.n_embd,
             dropout=cfg.model.dropout,
-            bias=cfg.model.has_bias,
+            bias=cfg.model.components.bias,
             tie_embeddings=cfg.model.tie_embeddings,
         )
         torch.manual_seed(cfg.seed)

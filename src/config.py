@@ -39,7 +39,15 @@ def _finite_numbers(node: object, prefix: str) -> None:
             raise ConfigError(f"{prefix}.{item.name}={value} is not valid; it must be a finite number")
 
 
-MODEL_FLAVOURS = ("gpt2", "llama")
+# the components of a block, each a name the model builds (gptforge.models.layers) and HF conversion reads
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu")
+POSITIONS = ("learned", "rope")
+# a flavour is a preset of component choices: what the fields left at None become
+FLAVOURS = {
+    "gpt2": {"norm": "layernorm", "mlp": "gelu", "position": "learned", "bias": True},
+    "llama": {"norm": "rmsnorm", "mlp": "swiglu", "position": "rope", "bias": False},
+}
 
 
 @dataclass
@@ -63,11 +71,26 @@ class LoraConfig:
             raise ConfigError("model.lora.target_modules is empty; name the linear layers to adapt")
 
 
+@dataclass(frozen=True)
+class Components:
+    """What a block is made of: `ModelConfig.components`, the flavour's preset with the fields set over it."""
+
+    norm: str
+    mlp: str
+    position: str
+    bias: bool
+
+
 @dataclass
 class ModelConfig:
-    """A GPT decoder: flavour `gpt2` (learned positions, LayerNorm, GELU) or `llama` (RoPE, RMSNorm)."""
+    """A GPT decoder: `flavour` picks the defaults of the component fields (norm, mlp, position, bias),
+    gpt2 (LayerNorm, GELU, learned positions, biases) or llama (RMSNorm, SwiGLU, RoPE, no biases)."""
 
-    flavour: str = "gpt2"
+    flavour: str = "gpt2"  # gpt2 | llama: a preset of the component choices below
+    norm: str | None = None  # layernorm | rmsnorm; None: the flavour's
+    mlp: str | None = None  # gelu (tanh approximation, GPT-2's) | swiglu (gated SiLU); None: the flavour's
+    position: str | None = None  # learned (embedding table) | rope (rotary); None: the flavour's
+    bias: bool | None = None  # biases in linear layers and norms; None: the flavour's
     vocab_size: int | None = None  # None: follow the tokenizer (rounded up to vocab_multiple)
     vocab_multiple: int = (
         1  # pad the vocabulary to a multiple of this (64 keeps matmuls tensor-core friendly)
@@ -77,20 +100,21 @@ class ModelConfig:
     n_head: int = 4
     n_kv_head: int | None = None  # None: n_head (multi-head); fewer: grouped-query attention
     n_embd: int = 128
-    intermediate_size: int | None = (
-        None  # MLP hidden size; None: 4*n_embd (gpt2), ~8/3*n_embd rounded (llama)
-    )
+    intermediate_size: int | None = None  # MLP hidden size; None: 4*n_embd (gelu), ~8/3*n_embd (swiglu)
     dropout: float = 0.0
-    bias: bool | None = None  # None: True for gpt2, False for llama
     tie_embeddings: bool = True  # share the token embedding with the output head
-    rope_theta: float = 10000.0  # RoPE base (llama)
+    rope_theta: float = 10000.0  # RoPE base (position=rope)
     norm_eps: float = 1e-5
     init_std: float = 0.02  # residual projections use init_std / sqrt(2 * n_layer) (GPT-2 scaled init)
     lora: LoraConfig = field(default_factory=LoraConfig)  # adapters for fine-tuning; see models/lora.py
 
     def __post_init__(self) -> None:
         _finite_numbers(self, "model")
-        _choice("model.flavour", self.flavour, MODEL_FLAVOURS)
+        _choice("model.flavour", self.flavour, tuple(FLAVOURS))
+        components = self.components
+        _choice("model.norm", components.norm, NORMS)
+        _choice("model.mlp", components.mlp, MLPS)
+        _choice("model.position", components.position, POSITIONS)
         for key in ("block_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
             _positive(f"model.{key}", getattr(self, key))
         _positive("model.vocab_size", self.vocab_size)
@@ -108,30 +132,38 @@ class ModelConfig:
                 f"model.n_head={self.n_head} is not divisible by model.n_kv_head={self.n_kv_head}; "
                 "n_kv_head must divide n_head"
             )
+        if components.position == "rope" and self.head_dim % 2:
+            raise ConfigError(
+                f"model.position=rope needs an even head size; n_embd / n_head = {self.head_dim}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} is not valid; it must be in [0, 1)")
 
     @property
-    def has_bias(self) -> bool:
-        return self.flavour == "gpt2" if self.bias is None else self.bias
+    def components(self) -> Components:
+        """The component choices in effect: each field set, else the flavour's (what the model builds)."""
+        preset = FLAVOURS[self.flavour]
+        return Components(
+            **{name: preset[name] if getattr(self, name) is None else getattr(self, name) for name in preset}
+        )
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
     @property
-    def mlp_hidden_size(self) -> int:
-        """intermediate_size, else 4 * n_embd (gpt2) or 8/3 * n_embd rounded up to 64 (llama's SwiGLU:
-        the parameter count of a 4x GELU MLP, in matmul-friendly sizes)."""
-        if self.intermediate_size:
-            return self.intermediate_size
-        if self.flavour == "llama":
-            return 64 * -(-8 * self.n_embd // (3 * 64))
-        return 4 * self.n_embd
-
-    @property
     def kv_heads(self) -> int:
         return self.n_kv_head or self.n_head
+
+    @property
+    def mlp_hidden_size(self) -> int:
+        """intermediate_size, else 4 * n_embd, or 8/3 * n_embd rounded up to 64 for a gated MLP (the
+        parameter count of a 4x GELU MLP, in matmul-friendly sizes)."""
+        if self.intermediate_size:
+            return self.intermediate_size
+        if self.components.mlp == "swiglu":
+            return 64 * -(-8 * self.n_embd // (3 * 64))
+        return 4 * self.n_embd
 
 
 TOKENIZER_NAMES = ("char", "byte", "bpe", "gpt2")

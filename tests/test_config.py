@@ -47,7 +47,7 @@ def test_defaults_are_the_shakespeare_cpu_run() -> None:
 
 def test_overrides_reach_the_config() -> None:
     cfg = compose_config(["model.n_layer=6", "optim.lr=3e-4", "model=llama_tiny"])
-    assert (cfg.model.n_layer, cfg.optim.lr, cfg.model.flavour, cfg.model.has_bias) == (
+    assert (cfg.model.n_layer, cfg.optim.lr, cfg.model.flavour, cfg.model.components.bias) == (
         6,
         3e-4,
         "llama",

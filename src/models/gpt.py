@@ -1,4 +1,4 @@
-"""The GPT decoder, built from a ModelConfig: GPT-2 or Llama flavour, nothing about devices or ranks."""
+"""The GPT decoder, built from a ModelConfig's component choices; nothing about devices or ranks."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ IGNORE_INDEX = -100  # a target the loss skips (prompt tokens in fine-tuning)
 
 
 class GPT(nn.Module):
-    """Token embedding (plus learned positions for gpt2), `n_layer` blocks, final norm, linear head."""
+    """Token embedding (plus a position table with `position=learned`), `n_layer` blocks, final norm, head."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -23,12 +23,12 @@ class GPT(nn.Module):
             raise ValueError("model.vocab_size is not set; resolve it from the tokenizer before building GPT")
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.flavour == "gpt2" else None
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.components.position == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm_f = build_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        if cfg.flavour == "llama":
+        if cfg.components.position == "rope":
             # not persistent: derived from the config, so checkpoints carry no copy of them
             cos, sin = rope_cache(cfg.head_dim, cfg.block_size, cfg.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)

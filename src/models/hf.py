@@ -1,5 +1,6 @@
 """Hugging Face `transformers` interop by name and tensor mapping alone: GPT-2 ↔ GPT2LMHeadModel, Llama ↔
-LlamaForCausalLM. No files and no `transformers` import: callers read and write the directory.
+LlamaForCausalLM, chosen by the model's component fields. No files and no `transformers` import: callers
+read and write the directory.
 """
 
 from __future__ import annotations
@@ -14,6 +15,21 @@ from gptforge.errors import CheckpointError, ConfigError
 from gptforge.models.lora import LORA_KEYS
 
 StateDict = dict[str, torch.Tensor]
+# (norm, mlp, position) -> the HF model type with those components
+HF_ARCHITECTURES = {("layernorm", "gelu", "learned"): "gpt2", ("rmsnorm", "swiglu", "rope"): "llama"}
+
+
+def hf_model_type(cfg: ModelConfig) -> str:
+    """The HF model type of `cfg`'s components; ConfigError where no HF class has them."""
+    parts = cfg.components
+    components = (parts.norm, parts.mlp, parts.position)
+    if components not in HF_ARCHITECTURES:
+        known = "; ".join(f"{'/'.join(key)} ({name})" for key, name in HF_ARCHITECTURES.items())
+        raise ConfigError(
+            f"model.norm/mlp/position={'/'.join(components)} has no Hugging Face model class; "
+            f"the exported ones are {known}"
+        )
+    return HF_ARCHITECTURES[components]
 
 
 def to_hf_state_dict(
@@ -21,7 +37,7 @@ def to_hf_state_dict(
 ) -> tuple[dict, StateDict]:
     """The `config.json` dict and safetensors-ready state dict of the equivalent HF model.
 
-    GPT-2 flavour with grouped-query attention is exported as multi-head (k/v heads repeated, the same
+    GPT-2 components with grouped-query attention are exported as multi-head (k/v heads repeated, the same
     function); missing biases (`model.bias=false`) become zeros, as GPT2LMHeadModel always has them.
     Merge LoRA adapters first (`merge_lora`).
     """
@@ -29,7 +45,7 @@ def to_hf_state_dict(
     adapters = [k for k in ours if k.rsplit(".", 1)[-1] in LORA_KEYS]
     if adapters:
         raise ConfigError(f"the model still has LoRA adapters ({adapters[0]}, ...); merge_lora(model) first")
-    if cfg.flavour == "gpt2":
+    if hf_model_type(cfg) == "gpt2":
         return _gpt2_config(cfg, ours, eos_token_id), _to_gpt2(cfg, ours)
     return _llama_config(cfg, ours, eos_token_id), _to_llama(cfg, ours)
 
@@ -37,7 +53,7 @@ def to_hf_state_dict(
 def from_hf(hf_config: Mapping, hf_state: Mapping[str, torch.Tensor]) -> tuple[ModelConfig, StateDict]:
     """Our ModelConfig (vocab_size set) and state dict for an HF GPT2LMHeadModel or LlamaForCausalLM."""
     cfg = model_config_from_hf(hf_config)
-    if cfg.flavour == "gpt2":
+    if hf_model_type(cfg) == "gpt2":
         state = _from_gpt2(cfg, _with_prefix(hf_state, "transformer.", "h.0.ln_1.weight"))
     else:
         state = _from_llama(cfg, _with_prefix(hf_state, "model.", "layers.0.input_layernorm.weight"))
@@ -148,7 +164,7 @@ _LLAMA_LINEARS = (
 
 def _to_llama(cfg: ModelConfig, ours: Mapping[str, torch.Tensor]) -> StateDict:
     hf = {"model.embed_tokens.weight": ours["wte.weight"], "model.norm.weight": ours["norm_f.weight"]}
-    suffixes = ("weight", "bias") if cfg.has_bias else ("weight",)
+    suffixes = ("weight", "bias") if cfg.components.bias else ("weight",)
     for i in range(cfg.n_layer):
         b, h = f"blocks.{i}.", f"model.layers.{i}."
         for suffix in suffixes:
@@ -166,7 +182,7 @@ def _to_llama(cfg: ModelConfig, ours: Mapping[str, torch.Tensor]) -> StateDict:
 def _from_llama(cfg: ModelConfig, hf: Mapping[str, torch.Tensor]) -> StateDict:
     ours = {"wte.weight": _get(hf, "model.embed_tokens.weight")}
     ours["norm_f.weight"] = _get(hf, "model.norm.weight")
-    suffixes = ("weight", "bias") if cfg.has_bias else ("weight",)
+    suffixes = ("weight", "bias") if cfg.components.bias else ("weight",)
     for i in range(cfg.n_layer):
         b, h = f"blocks.{i}.", f"model.layers.{i}."
         for suffix in suffixes:
@@ -228,8 +244,8 @@ def _llama_config(cfg: ModelConfig, ours: Mapping[str, torch.Tensor], eos_token_
         # both spellings: transformers >= 5 reads rope_parameters, older tools (and vLLM) rope_theta
         "rope_theta": cfg.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "attention_bias": cfg.has_bias,
-        "mlp_bias": cfg.has_bias,
+        "attention_bias": cfg.components.bias,
+        "mlp_bias": cfg.components.bias,
         "attention_dropout": 0.0,
         "tie_word_embeddings": cfg.tie_embeddings,
         "bos_token_id": eos_token_id,

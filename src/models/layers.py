@@ -10,10 +10,14 @@ from gptforge.config import ModelConfig
 
 
 def build_norm(cfg: ModelConfig) -> nn.Module:
-    """RMSNorm for llama, LayerNorm (bias per `cfg.has_bias`) for gpt2."""
-    if cfg.flavour == "llama":
-        return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
-    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.has_bias)
+    """`model.norm`: LayerNorm (with a bias per `model.bias`) or RMSNorm, over n_embd."""
+    return NORMS[cfg.components.norm](cfg)
+
+
+NORMS = {
+    "layernorm": lambda cfg: nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.components.bias),
+    "rmsnorm": lambda cfg: nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps),
+}
 
 
 def rope_cache(
@@ -75,8 +79,9 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         # rows [q; k; v]: a transpose gives HF GPT-2's c_attn, a split gives HF Llama's q/k/v_proj
-        self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, bias=cfg.has_bias)
-        self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.has_bias)
+        bias = cfg.components.bias
+        self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, bias=bias)
+        self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=bias)
         self.dropout_p = cfg.dropout
 
     def forward(
@@ -127,9 +132,9 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        hidden = cfg.mlp_hidden_size
-        self.fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.has_bias)
-        self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.has_bias)
+        hidden, bias = cfg.mlp_hidden_size, cfg.components.bias
+        self.fc = nn.Linear(cfg.n_embd, hidden, bias=bias)
+        self.proj = nn.Linear(hidden, cfg.n_embd, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(F.gelu(self.fc(x), approximate="tanh"))
@@ -140,13 +145,17 @@ class SwiGLU(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        hidden = cfg.mlp_hidden_size
-        self.gate = nn.Linear(cfg.n_embd, hidden, bias=cfg.has_bias)
-        self.up = nn.Linear(cfg.n_embd, hidden, bias=cfg.has_bias)
-        self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.has_bias)
+        hidden, bias = cfg.mlp_hidden_size, cfg.components.bias
+        self.gate = nn.Linear(cfg.n_embd, hidden, bias=bias)
+        self.up = nn.Linear(cfg.n_embd, hidden, bias=bias)
+        self.proj = nn.Linear(hidden, cfg.n_embd, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(F.silu(self.gate(x)) * self.up(x))
+
+
+# model.mlp: the class each name builds (its linear layers' names are what HF conversion and LoRA see)
+MLPS: dict[str, type[nn.Module]] = {"gelu": MLP, "swiglu": SwiGLU}
 
 
 class Block(nn.Module):
@@ -157,7 +166,7 @@ class Block(nn.Module):
         self.norm_1 = build_norm(cfg)
         self.attn = CausalSelfAttention(cfg)
         self.norm_2 = build_norm(cfg)
-        self.mlp = SwiGLU(cfg) if cfg.flavour == "llama" else MLP(cfg)
+        self.mlp = MLPS[cfg.components.mlp](cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(

@@ -63,8 +63,8 @@ def saved_per_token_per_layer(cfg: ModelConfig) -> int:
     C, hidden = cfg.n_embd, cfg.mlp_hidden_size
     attention = 3 * cfg.n_head * cfg.head_dim + C  # q, repeated k and v, output (the input of proj)
     norms = 4 * C  # input and output of both norms
-    # llama: gate out, up out, silu(gate), their product (the input of proj); gpt2: fc out, GELU out
-    mlp = 4 * hidden if cfg.flavour == "llama" else 2 * hidden
+    # swiglu: gate out, up out, silu(gate), their product (the input of proj); gelu: fc out, GELU out
+    mlp = 4 * hidden if cfg.components.mlp == "swiglu" else 2 * hidden
     return norms + attention + mlp
 
 

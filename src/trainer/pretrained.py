@@ -96,18 +96,16 @@ def write_hf_dir(directory: str | Path, hf_config: dict, state: dict[str, torch.
     save_safetensors(state, directory / HF_WEIGHTS, {"format": "pt"})
 
 
-_SHAPE_FIELDS = (
-    "flavour",
-    "vocab_size",
-    "block_size",
-    "n_layer",
-    "n_head",
-    "kv_heads",
-    "n_embd",
-    "mlp_hidden_size",
-    "has_bias",
-    "tie_embeddings",
-)
+_SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "kv_heads", "n_embd", "mlp_hidden_size")
+
+
+def _shape(cfg: ModelConfig) -> dict[str, object]:
+    """What decides the weights' names and shapes: the components in effect and the sizes."""
+    return (
+        vars(cfg.components)
+        | {name: getattr(cfg, name) for name in _SHAPE_FIELDS}
+        | {"tie_embeddings": cfg.tie_embeddings}
+    )
 
 
 def load_hf_weights(path: str | Path, model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
@@ -118,23 +116,21 @@ def load_hf_weights(path: str | Path, model_cfg: ModelConfig) -> dict[str, torch
     directory = Path(str(path).removeprefix(HF_PREFIX))
     hf_config, hf_state = read_hf_dir(directory)
     theirs, state = from_hf(hf_config, hf_state)
-    differ = [f for f in _SHAPE_FIELDS if getattr(theirs, f) != getattr(model_cfg, f)]
+    their_shape, own_shape = _shape(theirs), _shape(model_cfg)
+    differ = [name for name in their_shape if their_shape[name] != own_shape[name]]
     if differ:
-        wanted = " ".join(f"model.{_override_name(f)}={_override_value(theirs, f)}" for f in differ)
+        wanted = " ".join(f"model.{_override_name(f)}={_override_value(their_shape[f])}" for f in differ)
         raise ConfigError(f"trainer.init_from={path} is another architecture; set {wanted}")
-    if theirs.rope_theta != model_cfg.rope_theta and theirs.flavour == "llama":
+    if theirs.rope_theta != model_cfg.rope_theta and theirs.components.position == "rope":
         raise ConfigError(f"trainer.init_from={path} has RoPE base {theirs.rope_theta}; set model.rope_theta")
     return state
 
 
 def _override_name(field_name: str) -> str:
-    return {"kv_heads": "n_kv_head", "has_bias": "bias", "mlp_hidden_size": "intermediate_size"}.get(
-        field_name, field_name
-    )
+    return {"kv_heads": "n_kv_head", "mlp_hidden_size": "intermediate_size"}.get(field_name, field_name)
 
 
-def _override_value(cfg: ModelConfig, field_name: str) -> str:
-    value = getattr(cfg, field_name)
+def _override_value(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 

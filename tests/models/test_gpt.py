@@ -185,3 +185,29 @@ def test_positions_and_masks_of_the_wrong_shape_or_range_are_refused() -> None:
         model(ids, positions=torch.full((2, 4), 16))
     with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 3\)"):
         model(ids, attention_mask=torch.ones(2, 3, dtype=torch.bool))
+
+
+def test_every_component_choice_of_the_config_has_a_builder_and_mixes_freely() -> None:
+    from gptforge import config
+    from gptforge.errors import ConfigError
+    from gptforge.models import layers
+    from gptforge.models.hf import to_hf_state_dict
+
+    assert set(config.NORMS) == set(layers.NORMS) and set(config.MLPS) == set(layers.MLPS)
+    # a GPT-2 preset with Llama's MLP and rotary positions: built from the fields, whatever the flavour
+    cfg = ModelConfig(
+        vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16, mlp="swiglu", position="rope"
+    )
+    assert (cfg.components.norm, cfg.components.mlp, cfg.components.position) == (
+        "layernorm",
+        "swiglu",
+        "rope",
+    )
+    model = GPT(cfg)
+    assert model.wpe is None and hasattr(model.blocks[0].mlp, "gate")
+    _, loss = model(torch.randint(0, 50, (2, 16)), torch.randint(0, 50, (2, 16)))
+    loss.backward()
+    with pytest.raises(
+        ConfigError, match=r"model.norm/mlp/position=layernorm/swiglu/rope has no Hugging Face"
+    ):
+        to_hf_state_dict(model, cfg)
