@@ -254,8 +254,8 @@ class ReferenceRunner:
 
     def __init__(self, overrides: list[str], synthetic: bool) -> None:
         from gptforge.data.corpus import read_text
+        from gptforge.trainer.devices import resolve_device, resolve_precision
         from gptforge.trainer.metrics import peak_flops_per_sec
-        from gptforge.trainer.strategies.base import resolve_device, resolve_precision
 
         cfg = compose_config(overrides)
         parts = cfg.model.components

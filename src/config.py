@@ -315,10 +315,6 @@ class SchedulerConfig:
             )
 
 
-STRATEGY_NAMES = ("auto", "single", "ddp", "fsdp", "deepspeed")
-ZERO_STAGES = (1, 2, 3)
-
-
 @dataclass
 class StrategyConfig:
     """How the model is spread over processes; see gptforge.trainer.strategies."""
@@ -327,30 +323,17 @@ class StrategyConfig:
     backend: str = "auto"  # process group backend: auto (nccl on CUDA, gloo on CPU), nccl, gloo
     timeout_s: int = 600  # a collective that takes longer than this fails instead of hanging
     zero_stage: int | None = None  # deepspeed only: ZeRO stage 1, 2 or 3
-    activation_checkpointing: bool = False  # recompute each block's activations in backward (not deepspeed)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
     reshard_after_forward: bool = True  # fsdp: free gathered weights after forward (False: keep, ZeRO-2-like)
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific keys passed through unchanged
 
     def __post_init__(self) -> None:
         _finite_numbers(self, "strategy")
-        _choice("strategy.name", self.name, STRATEGY_NAMES)
+        from gptforge.trainer.strategies import STRATEGIES  # the registry: a light module
+
+        _choice("strategy.name", self.name, ("auto", *STRATEGIES))
         _choice("strategy.backend", self.backend, ("auto", "nccl", "gloo"))
         _positive("strategy.timeout_s", self.timeout_s)
-        if self.name == "deepspeed" and self.zero_stage not in ZERO_STAGES:
-            raise ConfigError(
-                f"strategy.zero_stage={self.zero_stage} is not valid; choose 1, 2 or 3 "
-                "(strategy=deepspeed_zero1|deepspeed_zero2|deepspeed_zero3)"
-            )
-        if self.name != "deepspeed" and self.zero_stage is not None:
-            raise ConfigError(
-                f"strategy.zero_stage={self.zero_stage} only applies to strategy=deepspeed_zero1|2|3, "
-                f"not strategy.name={self.name}"
-            )
-        if self.name == "deepspeed" and self.activation_checkpointing:
-            raise ConfigError(
-                "strategy.activation_checkpointing=true is not supported with deepspeed; "
-                "use strategy=fsdp or ddp for it"
-            )
 
 
 @dataclass
@@ -507,11 +490,10 @@ class Config:
                 f"scheduler.warmup_steps={warmup} is not shorter than trainer.max_steps="
                 f"{self.trainer.max_steps}; the run would never leave warm-up"
             )
-        if self.trainer.spike_policy == "skip" and self.strategy.name == "deepspeed":
-            raise ConfigError(
-                "trainer.spike_policy=skip is not supported with strategy=deepspeed_*: its engine steps "
-                "as soon as gradients are reduced; use spike_policy=log"
-            )
+        if self.strategy.name != "auto":  # what the backend cannot run (auto: checked once resolved)
+            from gptforge.trainer.strategies import strategy_class
+
+            strategy_class(self.strategy.name).check(self)
         global_batch, micro_batch = self.trainer.global_batch_size, self.trainer.micro_batch_size
         if global_batch is not None and global_batch % micro_batch:
             raise ConfigError(

@@ -10,7 +10,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from gptforge.trainer.strategies.base import autocast_context, resolve_precision
+from gptforge.trainer.devices import autocast_context, resolve_precision
 
 
 class EvalHost(Protocol):

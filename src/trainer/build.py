@@ -18,13 +18,14 @@ from gptforge.eval.evaluator import build_task_evaluator
 from gptforge.models import GPT
 from gptforge.models.lora import apply_lora
 from gptforge.trainer import checkpoint as ckpt
+from gptforge.trainer.devices import precision_name, resolve_precision
 from gptforge.trainer.lock import RunDirectoryLock
 from gptforge.trainer.loop import Trainer, finished_message
 from gptforge.trainer.metrics import peak_flops_per_sec
 from gptforge.trainer.plan import RunPlan, grad_accum_steps, plan_run, resolve_vocab_size
 from gptforge.trainer.resume import holds_a_run, set_aside
 from gptforge.trainer.strategies import Strategy, build_strategy
-from gptforge.trainer.strategies.base import precision_name, resolve_precision
+from gptforge.trainer.strategies.base import StepLayout
 from gptforge.trainer.strategies.consolidated import load_initial_weights
 from gptforge.trainer.summary import RunSummary, describe_run
 
@@ -139,7 +140,8 @@ def _build_model_and_trainer(
         load_initial_weights(model, plan.init.weights)
     apply_lora(model, cfg.model.lora)  # freezes the base weights when model.lora.rank > 0
     flops_per_token = model.flops_per_token()
-    strategy.setup(model, cfg.optim, compile=tcfg.compile)
+    layout = StepLayout(tcfg.micro_batch_size, plan.grad_accum_steps, tcfg.grad_clip, tcfg.compile)
+    strategy.setup(model, cfg.optim, layout)
     seed_everything(cfg.seed + strategy.rank)  # dropout differs across ranks, as it should
     strategy.barrier()  # every rank has read the run directory: now it may change
     if strategy.is_main:  # only now: a start refused above leaves the run directory as it was

@@ -168,7 +168,7 @@ class Trainer:
             global_loss = self.strategy.all_reduce_mean(loss).item()
             spike = self.guard.is_spike(global_loss)
         skip = bool(spike) and self.tcfg.spike_policy == "skip"
-        grad_norm, stepped = self.strategy.clip_and_step(self.tcfg.grad_clip, lr, skip=skip)
+        grad_norm, stepped = self.strategy.clip_and_step(lr, skip=skip)
         if spike or not stepped:
             event = "loss_spike" if spike else "nonfinite_grad_norm"
             self._emit(
@@ -197,12 +197,12 @@ class Trainer:
         if self.make_val_batches is None:
             return {}
         with self.meter.paused():  # evaluation time is not training throughput
-            self.strategy.model.eval()
+            self.strategy.eval_mode()
             to_device = self.strategy.to_device
             total, tokens = loss_sums(
                 lambda x, y: self.strategy.eval_loss(to_device(x), to_device(y)), self.make_val_batches()
             )
-            self.strategy.model.train()
+            self.strategy.train_mode()
             sums = self.strategy.all_reduce_sum(torch.stack([total, torch.full_like(total, tokens)]))
             val_loss = (sums[0] / sums[1]).item()
             record = {"step": self.step, "val_loss": val_loss, "val_ppl": perplexity(val_loss)}
@@ -262,14 +262,14 @@ class Trainer:
     def sample(self, max_new_tokens: int, prompt: str = "\n", temperature: float = 0.8) -> str:
         """Text sampled from the model (call on every rank), for a first look at what the run learned."""
         model = self.strategy.unwrapped_model
-        model.eval()
+        self.strategy.eval_mode()
         prompt_ids = torch.tensor([self.tokenizer.encode(prompt)], device=self.strategy.device)
         generator = torch.Generator(device=self.strategy.device).manual_seed(self.cfg.seed)
         with self.strategy.autocast():
             out = generate(
                 model, prompt_ids, max_new_tokens, temperature=temperature, top_k=200, generator=generator
             )
-        model.train()
+        self.strategy.train_mode()
         return self.tokenizer.decode(out[0].tolist())
 
     def close(self) -> None:

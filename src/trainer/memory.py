@@ -47,16 +47,6 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes / GIB:.2f} GiB" if n_bytes >= GIB / 10 else f"{n_bytes / 2**20:.1f} MiB"
 
 
-def model_state_shards(strategy: str, zero_stage: int | None, world_size: int) -> tuple[int, int, int]:
-    """Over how many ranks weights, gradients and optimizer state are split."""
-    if strategy == "fsdp":
-        return world_size, world_size, world_size
-    if strategy == "deepspeed":
-        stage = zero_stage or 0
-        return (world_size if stage >= 3 else 1), (world_size if stage >= 2 else 1), world_size
-    return 1, 1, 1
-
-
 def saved_per_token_per_layer(cfg: ModelConfig) -> int:
     """Elements one block saves for backward per token: norm inputs and outputs, the attention's q, k, v
     (k and v repeated to n_head heads) and output, and the MLP's hidden activations."""
@@ -73,9 +63,10 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Per-rank bytes for `cfg` on `world_size` ranks; `activation_bytes` is 2 under bf16 autocast, else 4."""
     model, trainer = cfg.model, cfg.trainer
-    weight_shards, grad_shards, optim_shards = model_state_shards(
-        cfg.strategy.name, cfg.strategy.zero_stage, world_size
-    )
+    from gptforge.trainer.strategies import resolve_strategy_name, strategy_class
+
+    backend = strategy_class(resolve_strategy_name(cfg.strategy.name, world_size))
+    weight_shards, grad_shards, optim_shards = backend.model_state_shards(cfg.strategy, world_size)
     tokens = trainer.micro_batch_size * model.block_size
     if cfg.strategy.activation_checkpointing:
         # each block keeps only its input; one block's activations live again while it recomputes

@@ -24,6 +24,7 @@ from gptforge.data.pipeline import STREAMING
 from gptforge.data.tokenizers import TOKENIZER_FILE
 from gptforge.errors import ConfigError, LaunchError
 from gptforge.trainer.checkpoint import Checkpointer, read_trainer_state
+from gptforge.trainer.strategies import STRATEGIES, resolve_strategy_name, strategy_class
 
 # keys that name this start rather than the run: where it lives and how it was asked to start
 RUN_KEYS = ("out_dir", "name", "debug", "dry_run", "trainer.resume", "trainer.overwrite")
@@ -56,14 +57,6 @@ SAFE_TO_CHANGE = (
     "strategy.activation_checkpointing",
     "strategy.reshard_after_forward",
 )
-# strategies that read each other's checkpoints: `single` and `ddp` both write rank 0's plain state dict
-_CHECKPOINT_FORMAT = {
-    "auto": "plain",
-    "single": "plain",
-    "ddp": "plain",
-    "fsdp": "dcp",
-    "deepspeed": "deepspeed",
-}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -88,7 +81,9 @@ def _comparable(flat: dict[str, object], world_size: int | None) -> dict[str, ob
     if world_size is not None and trainer_global is None and "trainer.micro_batch_size" in values:
         values["trainer.global_batch_size"] = values["trainer.micro_batch_size"] * world_size
     name = values.get("strategy.name")
-    values["strategy.name"] = _CHECKPOINT_FORMAT.get(name, name)
+    if name in ("auto", *STRATEGIES):  # strategies that read each other's checkpoints are one (single, ddp)
+        resolved = resolve_strategy_name(name, 1) if name == "auto" else name
+        values["strategy.name"] = strategy_class(resolved).checkpoint_format
     return values
 
 
@@ -141,8 +136,9 @@ def check_world_size(
     if saved_world == world:
         return
     current_global = cfg.trainer.global_batch_size or cfg.trainer.micro_batch_size * world
-    if cfg.strategy.name == "deepspeed":
-        reason = "strategy=deepspeed keeps its optimizer state in one shard per rank"
+    fixed = strategy_class(resolve_strategy_name(cfg.strategy.name, world)).fixed_world_size
+    if fixed:
+        reason = fixed
     elif cfg.data.source in STREAMING:
         reason = f"data.source={cfg.data.source} keeps a stream position per rank"
     elif saved_global is not None and saved_global != current_global:

@@ -125,9 +125,9 @@ def describe_device(device: torch.device) -> str:
 
 
 def describe_strategy(cfg: Config) -> str:
-    if cfg.strategy.name == "deepspeed":
-        return f"deepspeed ZeRO-{cfg.strategy.zero_stage}"
-    return cfg.strategy.name
+    from gptforge.trainer.strategies import strategy_class
+
+    return strategy_class(cfg.strategy.name).describe(cfg.strategy)
 
 
 def describe_run(

@@ -32,6 +32,7 @@ from gptforge.trainer.checkpoint import (
     verify,
     write_trainer_state,
 )
+from gptforge.trainer.strategies.base import StepLayout
 from gptforge.trainer.strategies.single import MODEL_FILE, OPTIMIZER_FILE, SingleDeviceStrategy
 
 KEEP_LAST = 2
@@ -43,10 +44,10 @@ def build_strategy() -> SingleDeviceStrategy:
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32))
     strategy = SingleDeviceStrategy(StrategyConfig(), device="cpu", precision="fp32")
-    strategy.setup(model, OptimConfig())
+    strategy.setup(model, OptimConfig(), StepLayout(micro_batch_size=2, grad_accum_steps=1, grad_clip=1.0))
     tokens = torch.randint(0, 64, (2, 17))
     strategy.forward_backward(tokens[:, :-1], tokens[:, 1:], 1.0, True)
-    strategy.clip_and_step(1.0, 1e-3)  # so the optimizer state is real, not empty
+    strategy.clip_and_step(1e-3)  # so the optimizer state is real, not empty
     return strategy
 
 

@@ -1,19 +1,30 @@
-"""Strategies: one per backend behind `Strategy`; `build_strategy` picks by `strategy.name`."""
+"""Strategies: one per backend behind `Strategy`, registered by name; a backend's module is imported only
+when a run names it (FSDP's and DeepSpeed's imports alone take a second)."""
 
-from gptforge.config import StrategyConfig, TrainerConfig
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from gptforge.errors import LaunchError
-from gptforge.trainer.strategies.base import Strategy
-from gptforge.trainer.strategies.ddp import DDPStrategy
-from gptforge.trainer.strategies.deepspeed import DeepSpeedStrategy
-from gptforge.trainer.strategies.fsdp import FSDPStrategy
-from gptforge.trainer.strategies.single import SingleDeviceStrategy
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    "single": SingleDeviceStrategy,
-    "ddp": DDPStrategy,
-    "fsdp": FSDPStrategy,
-    "deepspeed": DeepSpeedStrategy,
+if TYPE_CHECKING:
+    from gptforge.config import StrategyConfig, TrainerConfig
+    from gptforge.trainer.strategies.base import Strategy
+
+# strategy.name -> "module:class"; the config's valid names are these (and auto)
+STRATEGIES: dict[str, str] = {
+    "single": "gptforge.trainer.strategies.single:SingleDeviceStrategy",
+    "ddp": "gptforge.trainer.strategies.ddp:DDPStrategy",
+    "fsdp": "gptforge.trainer.strategies.fsdp:FSDPStrategy",
+    "deepspeed": "gptforge.trainer.strategies.deepspeed:DeepSpeedStrategy",
 }
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """The class registered as `name` (one of STRATEGIES)."""
+    module, _, cls = STRATEGIES[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def resolve_strategy_name(name: str, world_size: int) -> str:
@@ -31,16 +42,15 @@ def resolve_strategy_name(name: str, world_size: int) -> str:
 
 def build_strategy(cfg: StrategyConfig, trainer_cfg: TrainerConfig) -> Strategy:
     """The strategy named by `cfg.name`, on the configured device and precision."""
-    return STRATEGIES[cfg.name].from_config(cfg, trainer_cfg)
+    return strategy_class(cfg.name).from_config(cfg, trainer_cfg)
 
 
-__all__ = [
-    "STRATEGIES",
-    "DDPStrategy",
-    "DeepSpeedStrategy",
-    "FSDPStrategy",
-    "SingleDeviceStrategy",
-    "Strategy",
-    "build_strategy",
-    "resolve_strategy_name",
-]
+def __getattr__(name: str) -> Any:
+    if name == "Strategy":
+        from gptforge.trainer.strategies.base import Strategy
+
+        return Strategy
+    raise AttributeError(f"module 'gptforge.trainer.strategies' has no attribute {name!r}")
+
+
+__all__ = ["STRATEGIES", "Strategy", "build_strategy", "resolve_strategy_name", "strategy_class"]

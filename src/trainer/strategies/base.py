@@ -5,42 +5,22 @@ from __future__ import annotations
 import contextlib
 import os
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from gptforge.config import OptimConfig, StrategyConfig, TrainerConfig
-from gptforge.errors import ConfigError, LaunchError
-
-
-def local_world_size() -> int:
-    """Processes on this node: torchrun sets LOCAL_WORLD_SIZE, the DeepSpeed launcher LOCAL_SIZE."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
-
-
-def resolve_device(name: str, local_rank: int = 0, procs_per_node: int = 1) -> torch.device:
-    """`auto` is CUDA when present, else CPU; a CUDA run uses the device of this process's local rank."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if visible == 0:
-            if procs_per_node == 1:
-                raise ConfigError(
-                    "trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu"
-                )
-            raise LaunchError(
-                f"NPROC={procs_per_node} processes per node with trainer.device=cuda, but no CUDA device "
-                "is visible; use trainer.device=auto or cpu (gloo) on this machine"
-            )
-        if procs_per_node > visible:
-            raise LaunchError(
-                f"NPROC={procs_per_node} processes per node but {visible} CUDA device(s) visible; "
-                f"set NPROC<={visible} (one process per GPU) or trainer.device=cpu"
-            )
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+from gptforge.config import Config, OptimConfig, StrategyConfig, TrainerConfig
+from gptforge.errors import ConfigError
+from gptforge.trainer.devices import (
+    autocast_context,
+    local_world_size,
+    precision_name,
+    resolve_device,
+    resolve_precision,
+)
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:
@@ -50,6 +30,16 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
 
     for i, block in enumerate(model.blocks):
         model.blocks[i] = checkpoint_wrapper(block)
+
+
+@dataclass(frozen=True)
+class StepLayout:
+    """What a backend needs to know of an optimizer step: DeepSpeed builds its engine config from it."""
+
+    micro_batch_size: int  # sequences per forward on this rank
+    grad_accum_steps: int  # micro-batches per optimizer step
+    grad_clip: float  # max global gradient norm; 0: no clipping
+    compile: bool = False  # torch.compile the model
 
 
 def clip_and_step_local(
@@ -70,33 +60,21 @@ def clip_and_step_local(
     return grad_norm.detach(), stepped
 
 
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for full fp32. `auto` is bf16 on CUDA devices that support it."""
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return None
-    if name == "fp16" and device.type != "cuda":
-        raise ConfigError("trainer.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[name]
-
-
-def precision_name(dtype: torch.dtype | None) -> str:
-    """How the summary and metrics name an autocast dtype (None: fp32)."""
-    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[dtype]
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Autocast to `dtype` on `device` (from `resolve_precision`); None runs in full fp32."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
 class Strategy(ABC):
-    """Sets up model and optimizer for one backend, runs forward/backward/step, saves and loads state."""
+    """Sets up model and optimizer for one backend, runs forward/backward/step, saves and loads state.
 
-    shards_parameters = False  # True: no rank holds the whole model, so rank 0 cannot use it alone
+    What a backend can and cannot do is said by its class attributes, which the rest of gptforge reads
+    instead of comparing backend names.
+    """
+
+    checkpoint_format: ClassVar[str] = "plain"  # checkpoints of the same format resume under each other
+    # None: a checkpoint resumes on any world size (as the data allows); else why it cannot
+    fixed_world_size: ClassVar[str | None] = None
+    skips_steps: ClassVar[bool] = True  # can leave out one optimizer step on request (spike_policy=skip)
+    recomputes_activations: ClassVar[bool] = True  # strategy.activation_checkpointing is applied
+    takes_zero_stage: ClassVar[bool] = False  # strategy.zero_stage means something (DeepSpeed)
+    # no rank holds the whole model: every rank must make the same forward calls (evaluation, sampling)
+    shards_parameters: bool = False
 
     def __init__(self, cfg: StrategyConfig, device: str = "auto", precision: str = "auto") -> None:
         self.cfg = cfg
@@ -107,11 +85,41 @@ class Strategy(ABC):
         self.autocast_dtype = resolve_precision(precision, self.device)
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.layout: StepLayout | None = None
 
     @classmethod
     def from_config(cls, cfg: StrategyConfig, trainer_cfg: TrainerConfig) -> Strategy:
         """The strategy for these configs; backends that need more of the trainer config override this."""
         return cls(cfg, device=trainer_cfg.device, precision=trainer_cfg.precision)
+
+    @classmethod
+    def check(cls, cfg: Config) -> None:
+        """ConfigError for settings this backend cannot run, naming them (before anything is built)."""
+        if cfg.strategy.zero_stage is not None and not cls.takes_zero_stage:
+            raise ConfigError(
+                f"strategy.zero_stage={cfg.strategy.zero_stage} only applies to "
+                f"strategy=deepspeed_zero1|2|3, not strategy.name={cfg.strategy.name}"
+            )
+        if cfg.strategy.activation_checkpointing and not cls.recomputes_activations:
+            raise ConfigError(
+                f"strategy.activation_checkpointing=true is not supported with {cls.describe(cfg.strategy)}; "
+                "use strategy=fsdp or ddp for it"
+            )
+        if cfg.trainer.spike_policy == "skip" and not cls.skips_steps:
+            raise ConfigError(
+                f"trainer.spike_policy=skip is not supported with {cls.describe(cfg.strategy)}: its engine "
+                "steps as soon as gradients are reduced; use spike_policy=log"
+            )
+
+    @classmethod
+    def model_state_shards(cls, cfg: StrategyConfig, world_size: int) -> tuple[int, int, int]:
+        """Over how many ranks weights, gradients and optimizer state are split (the memory plan's)."""
+        return 1, 1, 1
+
+    @classmethod
+    def describe(cls, cfg: StrategyConfig) -> str:
+        """The backend as the summary names it."""
+        return cfg.name
 
     @classmethod
     @abstractmethod
@@ -135,8 +143,8 @@ class Strategy(ABC):
         return tensor
 
     @abstractmethod
-    def setup(self, model: nn.Module, optim_cfg: OptimConfig, compile: bool = False) -> None:
-        """Move/wrap the model for this backend (compiled if asked) and build its optimizer."""
+    def setup(self, model: nn.Module, optim_cfg: OptimConfig, layout: StepLayout) -> None:
+        """Move/wrap the model for this backend (compiled if the layout says so), build its optimizer."""
 
     @abstractmethod
     def forward_backward(
@@ -148,8 +156,8 @@ class Strategy(ABC):
         """
 
     @abstractmethod
-    def clip_and_step(self, max_norm: float, lr: float, skip: bool = False) -> tuple[torch.Tensor, bool]:
-        """Clip the global gradient norm (0: no clipping), step the optimizer at `lr`, zero grads.
+    def clip_and_step(self, lr: float, skip: bool = False) -> tuple[torch.Tensor, bool]:
+        """Clip the global gradient norm to the layout's `grad_clip`, step the optimizer at `lr`, zero grads.
 
         The step is skipped (weights and optimizer state unchanged) when `skip` is set or the norm is
         not finite on any rank. Returns the global norm before clipping and whether the step was taken.
@@ -166,6 +174,14 @@ class Strategy(ABC):
     @abstractmethod
     def full_model_state_dict(self) -> dict[str, torch.Tensor]:
         """The whole model's weights as plain CPU tensors (on rank 0; may be empty elsewhere)."""
+
+    def train_mode(self) -> None:
+        """Dropout on: the model trains (what `setup` leaves it in)."""
+        self.unwrapped_model.train()
+
+    def eval_mode(self) -> None:
+        """Dropout off, for evaluation and sampling (all ranks call; sharded forwards still gather)."""
+        self.unwrapped_model.eval()
 
     @torch.no_grad()
     def eval_loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

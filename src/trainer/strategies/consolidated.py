@@ -20,11 +20,11 @@ from gptforge.trainer.checkpoint import find_checkpoint, save_safetensors
 
 def consolidate_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The whole model's weights from a checkpoint of any strategy and world size, and metadata about it."""
-    from gptforge.trainer.strategies import STRATEGIES
+    from gptforge.trainer.strategies import strategy_class
 
     directory = find_checkpoint(Path(path))  # verified against its manifest, newest valid first
     cfg = OmegaConf.load(directory / "config.yaml")
-    state = STRATEGIES[cfg.strategy.name].consolidate(directory)
+    state = strategy_class(cfg.strategy.name).consolidate(directory)
     metadata = {
         "format": "pt",
         "source": str(directory),

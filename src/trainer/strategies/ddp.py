@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gptforge.config import OptimConfig
 from gptforge.trainer.optim import build_optimizer
-from gptforge.trainer.strategies.base import apply_activation_checkpointing, clip_and_step_local
+from gptforge.trainer.strategies.base import StepLayout, apply_activation_checkpointing, clip_and_step_local
 from gptforge.trainer.strategies.distributed import DistributedStrategy
 from gptforge.trainer.strategies.single import MODEL_FILE, OPTIMIZER_FILE, SingleDeviceStrategy
 
@@ -19,13 +19,14 @@ from gptforge.trainer.strategies.single import MODEL_FILE, OPTIMIZER_FILE, Singl
 class DDPStrategy(DistributedStrategy):
     """Data parallel with replicated weights; checkpoints are rank 0's, in the `single` strategy's format."""
 
-    def setup(self, model: nn.Module, optim_cfg: OptimConfig, compile: bool = False) -> None:
+    def setup(self, model: nn.Module, optim_cfg: OptimConfig, layout: StepLayout) -> None:
+        self.layout = layout
         self.model = model.to(self.device)
         if self.cfg.activation_checkpointing:
             apply_activation_checkpointing(self.model)
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids, **self.cfg.extra)
-        self.train_model = torch.compile(self.ddp_model) if compile else self.ddp_model
+        self.train_model = torch.compile(self.ddp_model) if layout.compile else self.ddp_model
         self.optimizer = build_optimizer(self.model, optim_cfg, self.device)
 
     def teardown(self) -> None:
@@ -46,9 +47,9 @@ class DDPStrategy(DistributedStrategy):
             (loss * loss_scale).backward()
         return loss.detach()
 
-    def clip_and_step(self, max_norm: float, lr: float, skip: bool = False) -> tuple[torch.Tensor, bool]:
+    def clip_and_step(self, lr: float, skip: bool = False) -> tuple[torch.Tensor, bool]:
         # gradients are identical on every rank after the all-reduce, so the local norm is the global one
-        return clip_and_step_local(self.model, self.optimizer, max_norm, lr, skip)
+        return clip_and_step_local(self.model, self.optimizer, self.layout.grad_clip, lr, skip)
 
     def save(self, directory: Path) -> None:
         if self.is_main:

@@ -16,12 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from gptforge.config import OptimConfig, StrategyConfig, TrainerConfig
+from gptforge.config import Config, OptimConfig, StrategyConfig
 from gptforge.errors import CheckpointError, ConfigError
 from gptforge.trainer.optim import build_optimizer, param_groups, set_lr
+from gptforge.trainer.strategies.base import StepLayout
 from gptforge.trainer.strategies.distributed import DistributedStrategy
 
 CHECKPOINT_TAG = "deepspeed"  # DeepSpeed's own files live in <checkpoint>/deepspeed/
+ZERO_STAGES = (1, 2, 3)
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -82,31 +84,33 @@ def _quiet_deepspeed() -> Iterator[None]:
 class DeepSpeedStrategy(DistributedStrategy):
     """A DeepSpeed engine around our model and our AdamW; ZeRO stage from `strategy.zero_stage`."""
 
-    def __init__(
-        self,
-        cfg: StrategyConfig,
-        device: str = "auto",
-        precision: str = "auto",
-        micro_batch_size: int = 1,
-        global_batch_size: int | None = None,
-        grad_clip: float = 0.0,
-    ) -> None:
-        self.micro_batch_size = micro_batch_size
-        self.global_batch_size = global_batch_size
-        self.grad_clip = grad_clip
-        super().__init__(cfg, device=device, precision=precision)
-        self.shards_parameters = cfg.zero_stage == 3
+    checkpoint_format = "deepspeed"
+    fixed_world_size = "strategy=deepspeed keeps its optimizer state in one shard per rank"
+    skips_steps = False  # the engine steps as soon as gradients are reduced
+    recomputes_activations = False  # DeepSpeed has its own activation checkpointing API, not wired here
+    takes_zero_stage = True
 
     @classmethod
-    def from_config(cls, cfg: StrategyConfig, trainer_cfg: TrainerConfig) -> DeepSpeedStrategy:
-        return cls(
-            cfg,
-            device=trainer_cfg.device,
-            precision=trainer_cfg.precision,
-            micro_batch_size=trainer_cfg.micro_batch_size,
-            global_batch_size=trainer_cfg.global_batch_size,
-            grad_clip=trainer_cfg.grad_clip,
-        )
+    def check(cls, cfg: Config) -> None:
+        if cfg.strategy.zero_stage not in ZERO_STAGES:
+            raise ConfigError(
+                f"strategy.zero_stage={cfg.strategy.zero_stage} is not valid; choose 1, 2 or 3 "
+                "(strategy=deepspeed_zero1|deepspeed_zero2|deepspeed_zero3)"
+            )
+        super().check(cfg)
+
+    @classmethod
+    def describe(cls, cfg: StrategyConfig) -> str:
+        return f"deepspeed ZeRO-{cfg.zero_stage}"
+
+    @classmethod
+    def model_state_shards(cls, cfg: StrategyConfig, world_size: int) -> tuple[int, int, int]:
+        stage = cfg.zero_stage or 0  # ZeRO-1: optimizer state, 2: also gradients, 3: also weights
+        return (world_size if stage >= 3 else 1), (world_size if stage >= 2 else 1), world_size
+
+    @property
+    def shards_parameters(self) -> bool:
+        return self.cfg.zero_stage == 3
 
     def init_process_group(self, timeout: timedelta) -> None:
         # DeepSpeed picks its accelerator at import; name it so a CPU run on a GPU machine stays on the CPU
@@ -120,17 +124,15 @@ class DeepSpeedStrategy(DistributedStrategy):
     def autocast(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # the engine keeps the weights in bf16/fp16 itself
 
-    def setup(self, model: nn.Module, optim_cfg: OptimConfig, compile: bool = False) -> None:
+    def setup(self, model: nn.Module, optim_cfg: OptimConfig, layout: StepLayout) -> None:
         import deepspeed
 
-        from gptforge.trainer.plan import grad_accum_steps
-
-        accum = grad_accum_steps(self.micro_batch_size, self.global_batch_size, self.world_size)
+        self.layout = layout
         config = deepspeed_config(
             self.cfg.zero_stage,
-            self.micro_batch_size,
-            accum,
-            self.grad_clip,
+            layout.micro_batch_size,
+            layout.grad_accum_steps,
+            layout.grad_clip,
             self.precision_name,
             self.cfg.extra,
         )
@@ -145,7 +147,7 @@ class DeepSpeedStrategy(DistributedStrategy):
             engine, self.optimizer, _, _ = deepspeed.initialize(
                 model=model, optimizer=optimizer, model_parameters=parameters, config=config
             )
-        if compile:
+        if layout.compile:
             engine.compile()
         self.engine = engine
         self.model = engine
@@ -164,10 +166,10 @@ class DeepSpeedStrategy(DistributedStrategy):
             self.engine.backward(loss * loss_scale, scale_wrt_gas=False)
         return loss.detach()
 
-    def clip_and_step(self, max_norm: float, lr: float, skip: bool = False) -> tuple[torch.Tensor, bool]:
-        # the engine clips to trainer.grad_clip (carried by its config, equal to max_norm) before stepping,
-        # and skips the step itself, on every rank, when any rank's gradients hold an inf or NaN
-        # (skip=True never arrives: the config refuses spike_policy=skip with deepspeed)
+    def clip_and_step(self, lr: float, skip: bool = False) -> tuple[torch.Tensor, bool]:
+        # the engine clips to the layout's grad_clip (in its config) before stepping, and skips the step
+        # itself, on every rank, when any rank's gradients hold an inf or NaN (skip=True never arrives:
+        # `check` refuses spike_policy=skip)
         set_lr(self.optimizer, lr)
         skipped_before = self.engine.skipped_steps
         with self.collective("optimizer step of the DeepSpeed engine (norm all_reduce, weight gather)"):

@@ -18,10 +18,10 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from gptforge.config import OptimConfig
+from gptforge.config import OptimConfig, StrategyConfig
 from gptforge.errors import CheckpointError
 from gptforge.trainer.optim import build_optimizer
-from gptforge.trainer.strategies.base import apply_activation_checkpointing, clip_and_step_local
+from gptforge.trainer.strategies.base import StepLayout, apply_activation_checkpointing, clip_and_step_local
 from gptforge.trainer.strategies.distributed import DistributedStrategy
 
 DCP_DIR = "dcp"  # torch.distributed.checkpoint files: one shard file per rank plus .metadata
@@ -30,13 +30,19 @@ DCP_DIR = "dcp"  # torch.distributed.checkpoint files: one shard file per rank p
 class FSDPStrategy(DistributedStrategy):
     """`fully_shard` on every block, then on the root (embeddings, final norm, head)."""
 
+    checkpoint_format = "dcp"  # DCP reshards on load: another world size resumes the model and optimizer
     shards_parameters = True
 
-    def setup(self, model: nn.Module, optim_cfg: OptimConfig, compile: bool = False) -> None:
+    @classmethod
+    def model_state_shards(cls, cfg: StrategyConfig, world_size: int) -> tuple[int, int, int]:
+        return world_size, world_size, world_size
+
+    def setup(self, model: nn.Module, optim_cfg: OptimConfig, layout: StepLayout) -> None:
+        self.layout = layout
         model.to(self.device)
         if self.cfg.activation_checkpointing:
             apply_activation_checkpointing(model)
-        if compile:
+        if layout.compile:
             for block in model.blocks:
                 block.compile()  # per block, as torchtitan does: one compiled graph reused by every layer
         # compute in the autocast dtype, reduce gradients in fp32: bf16 sums over many ranks lose bits
@@ -65,9 +71,9 @@ class FSDPStrategy(DistributedStrategy):
             (loss * loss_scale).backward()
         return loss.detach()
 
-    def clip_and_step(self, max_norm: float, lr: float, skip: bool = False) -> tuple[torch.Tensor, bool]:
+    def clip_and_step(self, lr: float, skip: bool = False) -> tuple[torch.Tensor, bool]:
         with self.collective("all_reduce of the gradient norm (FSDP)"):
-            return clip_and_step_local(self.model, self.optimizer, max_norm, lr, skip)
+            return clip_and_step_local(self.model, self.optimizer, self.layout.grad_clip, lr, skip)
 
     def _state(self) -> dict:
         return {

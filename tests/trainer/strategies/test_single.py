@@ -11,6 +11,7 @@ from conftest import TINY, compose_config
 
 from gptforge.errors import ConfigError
 from gptforge.models import GPT
+from gptforge.trainer.strategies.base import StepLayout
 from gptforge.trainer.strategies.single import SingleDeviceStrategy
 
 VOCAB_SIZE = 65
@@ -28,7 +29,7 @@ def strategy_for(cpu_batch_threads: int, *overrides: str) -> SingleDeviceStrateg
     cfg = compose_config([*TINY, f"trainer.cpu_batch_threads={cpu_batch_threads}", *overrides])
     torch.manual_seed(0)
     strategy = SingleDeviceStrategy.from_config(cfg.strategy, cfg.trainer)
-    strategy.setup(GPT(replace(cfg.model, vocab_size=VOCAB_SIZE)), cfg.optim)
+    strategy.setup(GPT(replace(cfg.model, vocab_size=VOCAB_SIZE)), cfg.optim, StepLayout(4, 1, 1.0))
     return strategy
 
 
@@ -76,4 +77,5 @@ def test_slices_refuse_dropout_and_compile_in_one_line() -> None:
     with pytest.raises(ConfigError, match=r"does not combine with trainer.compile=true"):
         cfg = compose_config([*TINY, "trainer.cpu_batch_threads=2"])
         model = GPT(replace(cfg.model, vocab_size=VOCAB_SIZE))
-        SingleDeviceStrategy.from_config(cfg.strategy, cfg.trainer).setup(model, cfg.optim, compile=True)
+        layout = StepLayout(4, 1, 1.0, compile=True)
+        SingleDeviceStrategy.from_config(cfg.strategy, cfg.trainer).setup(model, cfg.optim, layout)

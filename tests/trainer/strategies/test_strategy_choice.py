@@ -8,8 +8,8 @@ from conftest import TINY, compose_config
 
 from gptforge.cli import one_line
 from gptforge.errors import ConfigError, LaunchError
+from gptforge.trainer.devices import resolve_device
 from gptforge.trainer.strategies import STRATEGIES
-from gptforge.trainer.strategies.base import resolve_device
 from gptforge.trainer.strategies.deepspeed import deepspeed_config
 from gptforge.trainer.strategies.distributed import process_group_backend
 
