@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gptforge.cli import HelpFormatter, add_corpus_arguments, corpus_config, run_cli
 from gptforge.config import TokenizerConfig
-from gptforge.data.pipeline import build_data_tokenizer, train_corpus_bpe, trains_its_tokenizer
+from gptforge.data.pipeline import build_data_tokenizer, train_corpus_tokenizer, trains_its_tokenizer
 from gptforge.data.prepare import prepare_shards
 from gptforge.data.sources import TextOptions, open_local
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     data_cfg = corpus_config(args, args.input)
     tokenizer_cfg = TokenizerConfig(name=args.tokenizer, path=args.tokenizer_path, vocab_size=args.vocab_size)
     if trains_its_tokenizer(data_cfg, tokenizer_cfg):
-        tokenizer = train_corpus_bpe(data_cfg, tokenizer_cfg)
+        tokenizer = train_corpus_tokenizer(data_cfg, tokenizer_cfg)
     else:
         tokenizer = build_data_tokenizer(data_cfg, tokenizer_cfg)
     source = open_local(args.input, TextOptions.of(data_cfg), key="--input")

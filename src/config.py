@@ -166,9 +166,6 @@ class ModelConfig:
         return 4 * self.n_embd
 
 
-TOKENIZER_NAMES = ("char", "byte", "bpe", "gpt2")
-
-
 @dataclass
 class TokenizerConfig:
     """How text becomes token ids; see gptforge.data.tokenizers."""
@@ -180,11 +177,12 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         _finite_numbers(self, "tokenizer")
-        _choice("tokenizer.name", self.name, TOKENIZER_NAMES)
+        from gptforge.data.tokenizers import TOKENIZERS  # the registry (and the names) of gptforge.data
+
+        _choice("tokenizer.name", self.name, tuple(TOKENIZERS))
         _positive("tokenizer.vocab_size", self.vocab_size)
 
 
-DATA_SOURCES = ("text_file", "local", "hf_hub", "memmap", "mixture", "sft")
 TEXT_FORMATS = ("auto", "text", "json", "parquet")
 TEXT_UNITS = ("document", "paragraph", "line")
 ENCODING_ERRORS = ("strict", "replace")
@@ -235,12 +233,15 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _finite_numbers(self, "data")
-        _choice("data.source", self.source, DATA_SOURCES)
+        from gptforge.data.pipeline import DATA_SOURCES  # the registry (and the names) of gptforge.data
+
+        _choice("data.source", self.source, tuple(DATA_SOURCES))
+        source = DATA_SOURCES[self.source]
         _choice("data.text_format", self.text_format, TEXT_FORMATS)
         _choice("data.text_unit", self.text_unit, TEXT_UNITS)
         _choice("data.encoding_errors", self.encoding_errors, ENCODING_ERRORS)
         _choice("data.sampling", self.sampling, WINDOW_SAMPLING)
-        if self.path is None and self.source in ("text_file", "local", "memmap", "sft"):
+        if self.path is None and source.needs_path:
             raise ConfigError(
                 f"data.path is not set; data.source={self.source} reads your corpus from it: give a file, a "
                 "directory or a glob (memmap: the directory scripts/prepare_data.py wrote)"
@@ -256,8 +257,7 @@ class DataConfig:
                     f"data.text_suffixes: {suffix!r} is not a file suffix; "
                     "write them with the dot, e.g. [.py,.c]"
                 )
-        if self.source == "sft" and self.text_format == "text":
-            raise ConfigError("data.text_format=text is not valid with data=sft; use auto, json or parquet")
+        source.check(self)
         if self.prompt_field == self.response_field:
             raise ConfigError(
                 f"data.prompt_field and data.response_field are both {self.prompt_field!r}; name two fields"

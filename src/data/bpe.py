@@ -9,6 +9,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from gptforge.config import TokenizerConfig
 from gptforge.data.tokenizers import TOKENIZER_FILE
 from gptforge.errors import DataError
 
@@ -19,6 +20,9 @@ class BPETokenizer:
     """A `tokenizers` BPE whose vocabulary holds the EOS token; batches encode on Rust threads."""
 
     name = "bpe"
+    learns_from_corpus = True  # without tokenizer.path
+    trained = True
+    reads_file = True
 
     def __init__(self, hf_tokenizer: HFTokenizer, eos_token: str, origin: str = "tokenizer") -> None:
         eos_id = hf_tokenizer.token_to_id(eos_token)
@@ -45,6 +49,24 @@ class BPETokenizer:
         except Exception as err:
             raise DataError(f"{path} is not a tokenizers tokenizer.json ({err})") from None
         return cls(hf_tokenizer, eos_token, str(path))
+
+    @classmethod
+    def build(cls, cfg: TokenizerConfig, corpus: Iterable[str] | None = None) -> BPETokenizer:
+        """Loaded from `tokenizer.path`, or trained on `corpus` to `tokenizer.vocab_size` tokens."""
+        if cfg.path is not None:
+            return cls.from_file(Path(cfg.path), cfg.eos_token)
+        if corpus is None:
+            raise DataError("tokenizer=bpe without tokenizer.path trains on the corpus, but none was given")
+        return cls(train_bpe(corpus, cfg.vocab_size, [cfg.eos_token]), cfg.eos_token)
+
+    @classmethod
+    def load(cls, directory: Path, meta: dict) -> BPETokenizer:
+        return cls.from_file(Path(directory) / meta["file"], meta["eos_token"])
+
+    def to_hf(self) -> HFTokenizer:
+        from gptforge.data.hf_tokenizer import with_eos
+
+        return with_eos(HFTokenizer.from_str(self.hf_tokenizer.to_str()), self.eos_token, self.eos_id)
 
     def encode(self, text: str) -> list[int]:
         return self.hf_tokenizer.encode(text, add_special_tokens=False).ids

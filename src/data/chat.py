@@ -87,4 +87,6 @@ def encode_texts(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
 def chat_template(data: DataConfig) -> str | None:
     """The chat template of a model trained on `data`: the chat format after fine-tuning (data=sft),
     None after pretraining, whose documents follow no turns."""
-    return CHAT_TEMPLATE if data.source == "sft" else None
+    from gptforge.data.pipeline import DATA_SOURCES
+
+    return CHAT_TEMPLATE if DATA_SOURCES[data.source].fine_tunes else None

@@ -1,4 +1,9 @@
-"""From the data and tokenizer configs to the trainer's data: a train loader and fresh validation batches."""
+"""From the data and tokenizer configs to the trainer's data: a train loader and fresh validation batches.
+
+Each `data.source` is one `DataSource` in `DATA_SOURCES`: how it opens, whether its position is per rank
+(streaming), what it says in the summary, its documents for a tokenizer to learn from, and a tokenizer
+of its own where it brings one. Adding a source is one class and one registry entry.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +16,18 @@ import numpy as np
 import torch
 
 from gptforge.config import DataConfig, TokenizerConfig
-from gptforge.data.bpe import BPETokenizer, train_bpe
 from gptforge.data.corpus import load_corpus, to_token_array
 from gptforge.data.loader import StreamingLoader, inputs_and_targets
 from gptforge.data.memmap import open_shards, read_metadata, saved_tokenizer, split_tail
 from gptforge.data.sft import open_examples
 from gptforge.data.sources import DocumentSource, TextOptions, open_hub, open_local
 from gptforge.data.stream import BlockStream, StreamSpec, is_blank
-from gptforge.data.tokenizers import Tokenizer, build_tokenizer
+from gptforge.data.tokenizers import Tokenizer, build_tokenizer, tokenizer_class
 from gptforge.data.windows import RandomWindowLoader
 from gptforge.errors import DataError
 
 ValBatches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
-STREAMING = ("local", "hf_hub", "mixture", "sft")
+Loaders = tuple[RandomWindowLoader | StreamingLoader, ValBatches | None]
 
 
 @dataclass
@@ -39,73 +43,220 @@ class BatchLayout:
     eval_batches: int = 20  # validation micro-batches per evaluation
 
 
-def _separate_val(cfg: DataConfig) -> bool:
-    return cfg.val_split is not None if cfg.source == "hf_hub" else cfg.val_path is not None
+class DataSource:
+    """One kind of training data; subclasses say how it opens and what it knows."""
 
+    streaming = True  # a stream position per rank and worker: resumes on the same world size only
+    needs_path = True  # data.path names the data
+    fine_tunes = False  # prompt/response examples: a run needs trainer.init_from, and has a chat format
 
-def open_sources(cfg: DataConfig, val: bool = False) -> tuple[list[DocumentSource], list[float]]:
-    """The document sources of the training set (or of the separate validation set) and their weights."""
+    def check(self, cfg: DataConfig) -> None:
+        """ConfigError for settings of `cfg` this source cannot use (at composition)."""
 
-    def local(path: str, key: str) -> DocumentSource:
-        if cfg.source == "sft":
-            fields = (cfg.prompt_field, cfg.response_field)
-            return open_examples(path, cfg.text_format, *fields, cfg.encoding_errors, key, cfg.messages_field)
+    def describe(self, cfg: DataConfig) -> str:
+        """Where the training documents come from, in one line of the run summary."""
+        return f"{cfg.source}: {cfg.path} (text files as {cfg.text_unit}s)"
+
+    def build(self, cfg: DataConfig, tokenizer: Tokenizer, layout: BatchLayout) -> Loaders:
+        """This rank's training loader and a maker of validation batches (None without validation data)."""
+        return _streaming(self, cfg, tokenizer, layout)
+
+    def documents(self, cfg: DataConfig, with_val: bool = True) -> Iterator[str]:
+        """Every document of the training corpus (and of a separate validation set, `with_val`), as text."""
+        sources = self.open(cfg)[0] + (
+            self.open(cfg, val=True)[0] if with_val and self.separate_val(cfg) else []
+        )
+        for source in sources:
+            for unit in range(source.n_units):
+                for document in source.documents(unit):
+                    yield document if isinstance(document, str) else document.text
+
+    def own_tokenizer(self, cfg: DataConfig, tokenizer_cfg: TokenizerConfig) -> Tokenizer | None:
+        """A tokenizer the data brings (prepared shards), None where the configured one is built."""
+        return None
+
+    def open(self, cfg: DataConfig, val: bool = False) -> tuple[list[DocumentSource], list[float]]:
+        """The document sources of the training set (or the separate validation set), and their weights."""
+        if val:
+            return [self.open_path(cfg, cfg.val_path, "data.val_path")], [1.0]
+        return [self.open_path(cfg, cfg.path, "data.path")], [1.0]
+
+    def open_path(self, cfg: DataConfig, path: str, key: str) -> DocumentSource:
         return open_local(path, TextOptions.of(cfg), key)
 
-    if cfg.source == "hf_hub":
+    def separate_val(self, cfg: DataConfig) -> bool:
+        return cfg.val_path is not None
+
+
+class InMemoryText(DataSource):
+    """`text_file`: one text file held in memory, random windows over its tokens (the bundled corpus)."""
+
+    streaming = False
+
+    def describe(self, cfg: DataConfig) -> str:
+        return f"text_file: {cfg.path}"
+
+    def build(self, cfg: DataConfig, tokenizer: Tokenizer, layout: BatchLayout) -> Loaders:
+        train_text, val_text = load_corpus(cfg)
+        train = to_token_array(tokenizer.encode(train_text), tokenizer.vocab_size)
+        val = [to_token_array(tokenizer.encode(val_text), tokenizer.vocab_size)] if val_text else None
+        _check_enough_tokens([train], layout, f"data.path={cfg.path}", "give it more text")
+        return _window_loader([train], layout), _window_val(val, layout)
+
+    def documents(self, cfg: DataConfig, with_val: bool = True) -> Iterator[str]:
+        train_text, val_text = load_corpus(cfg)
+        for text in (train_text, val_text if with_val else ""):
+            yield from (paragraph for paragraph in text.split("\n\n") if paragraph.strip())
+
+
+class PreparedShards(DataSource):
+    """`memmap`: token shards written once by scripts/prepare_data.py, memory-mapped; they bring the
+    tokenizer they were made with."""
+
+    streaming = False
+
+    def describe(self, cfg: DataConfig) -> str:
+        return f"memmap: {cfg.path}"
+
+    def build(self, cfg: DataConfig, tokenizer: Tokenizer, layout: BatchLayout) -> Loaders:
+        train = open_shards(Path(cfg.path), tokenizer)
+        val = None
+        if cfg.val_path is not None:
+            val = open_shards(Path(cfg.val_path), tokenizer, "data.val_path")
+        elif cfg.val_fraction:
+            train, val = split_tail(train, cfg.val_fraction)
+        _check_enough_tokens(train, layout, f"data.path={cfg.path}", "give it more text")
+        return _window_loader(train, layout, cfg.sampling == "sequential"), _window_val(val, layout)
+
+    def documents(self, cfg: DataConfig, with_val: bool = True) -> Iterator[str]:
+        raise DataError(
+            f"data.path={cfg.path} holds prepared tokens, not text: a tokenizer cannot learn from them; "
+            "the shards bring the tokenizer they were prepared with"
+        )
+
+    def own_tokenizer(self, cfg: DataConfig, tokenizer_cfg: TokenizerConfig) -> Tokenizer | None:
+        if tokenizer_cfg.path is not None or not tokenizer_class(tokenizer_cfg.name).learns_from_corpus:
+            return None  # a tokenizer the config names: the shards are checked against it
+        prepared_with = read_metadata(Path(cfg.path))["tokenizer"]["name"]
+        if prepared_with != tokenizer_cfg.name:
+            raise DataError(
+                f"{cfg.path} was prepared with tokenizer={prepared_with}, but "
+                f"tokenizer={tokenizer_cfg.name} is configured; set tokenizer={prepared_with}"
+            )
+        return saved_tokenizer(Path(cfg.path))
+
+
+class LocalFiles(DataSource):
+    """`local`: a file, directory or glob of text, JSON Lines or Parquet, streamed through HF datasets."""
+
+
+class HubDataset(DataSource):
+    """`hf_hub`: a dataset on the Hugging Face Hub (or a local dataset directory), streamed by split."""
+
+    needs_path = False
+
+    def describe(self, cfg: DataConfig) -> str:
+        return f"hf_hub: {cfg.name} [{cfg.split}]"
+
+    def open(self, cfg: DataConfig, val: bool = False) -> tuple[list[DocumentSource], list[float]]:
         if not cfg.name:
             raise DataError(
                 "data.name is not set; data=hf_hub needs a dataset name, e.g. data.name=user/corpus"
             )
         return [open_hub(cfg.name, cfg.val_split if val else cfg.split, cfg.text_field)], [1.0]
-    if val:
-        return [local(cfg.val_path, "data.val_path")], [1.0]
-    if cfg.source == "mixture":
+
+    def separate_val(self, cfg: DataConfig) -> bool:
+        return cfg.val_split is not None
+
+
+class Mixture(DataSource):
+    """`mixture`: several local or hub sources, each block drawn from one of them by weight."""
+
+    needs_path = False
+
+    def describe(self, cfg: DataConfig) -> str:
+        parts = [f"{source.path or source.name} (weight {source.weight:g})" for source in cfg.sources]
+        return f"mixture: {', '.join(parts)} (text files as {cfg.text_unit}s)"
+
+    def open(self, cfg: DataConfig, val: bool = False) -> tuple[list[DocumentSource], list[float]]:
+        if val:
+            return super().open(cfg, val)
         if not cfg.sources:
             raise DataError("data.sources is empty; data=mixture needs a list of {path or name, weight}")
         sources = [
             open_hub(s.name, cfg.split, cfg.text_field)
             if s.name
-            else local(s.path, f"data.sources[{i}].path")
+            else self.open_path(cfg, s.path, f"data.sources[{i}].path")
             for i, s in enumerate(cfg.sources)
         ]
         return sources, [s.weight for s in cfg.sources]
-    return [local(cfg.path, "data.path")], [1.0]
+
+
+class FineTuningExamples(DataSource):
+    """`sft`: prompt/response pairs or chat messages, one per JSON Lines line or Parquet row."""
+
+    fine_tunes = True
+
+    def describe(self, cfg: DataConfig) -> str:
+        return f"sft: {cfg.path}"
+
+    def check(self, cfg: DataConfig) -> None:
+        from gptforge.errors import ConfigError
+
+        if cfg.text_format == "text":
+            raise ConfigError("data.text_format=text is not valid with data=sft; use auto, json or parquet")
+
+    def open_path(self, cfg: DataConfig, path: str, key: str) -> DocumentSource:
+        fields = (cfg.prompt_field, cfg.response_field)
+        return open_examples(path, cfg.text_format, *fields, cfg.encoding_errors, key, cfg.messages_field)
+
+
+# data.source -> how that kind of data is read; the config's valid names are these
+DATA_SOURCES: dict[str, DataSource] = {
+    "text_file": InMemoryText(),
+    "memmap": PreparedShards(),
+    "local": LocalFiles(),
+    "hf_hub": HubDataset(),
+    "mixture": Mixture(),
+    "sft": FineTuningExamples(),
+}
+
+
+def data_source(cfg: DataConfig) -> DataSource:
+    return DATA_SOURCES[cfg.source]
+
+
+def build_data(cfg: DataConfig, tokenizer: Tokenizer, layout: BatchLayout) -> Loaders:
+    """This rank's training loader and a maker of validation batches (None without validation data)."""
+    return data_source(cfg).build(cfg, tokenizer, layout)
 
 
 def corpus_documents(cfg: DataConfig, with_val: bool = True) -> Iterator[str]:
     """Every document of the training corpus (and of a separate validation set, `with_val`), as text."""
-    if cfg.source == "text_file":
-        train_text, val_text = load_corpus(cfg)
-        for text in (train_text, val_text if with_val else ""):
-            yield from (paragraph for paragraph in text.split("\n\n") if paragraph.strip())
-        return
-    sources = open_sources(cfg)[0] + (
-        open_sources(cfg, val=True)[0] if with_val and _separate_val(cfg) else []
-    )
-    for source in sources:
-        for unit in range(source.n_units):
-            for document in source.documents(unit):
-                yield document if isinstance(document, str) else document.text
+    return data_source(cfg).documents(cfg, with_val)
 
 
 def describe_source(cfg: DataConfig) -> str:
     """Where the training documents come from, in a few words."""
-    if cfg.source == "mixture":
-        return "data.sources (" + ", ".join(s.path or s.name for s in cfg.sources) + ")"
-    return f"data.name={cfg.name}" if cfg.source == "hf_hub" else f"data.path={cfg.path}"
+    return data_source(cfg).describe(cfg)
 
 
 def trains_its_tokenizer(cfg: DataConfig, tokenizer_cfg: TokenizerConfig) -> bool:
-    """tokenizer=bpe without a path trains one on the corpus (prepared shards bring their own)."""
-    return tokenizer_cfg.name == "bpe" and tokenizer_cfg.path is None and cfg.source != "memmap"
+    """Whether the run trains its tokenizer on the corpus when it starts (rank 0, then sent to all):
+    a trained tokenizer without a file (bpe), unless the data brings its own (prepared shards)."""
+    spec = tokenizer_class(tokenizer_cfg.name)
+    return (
+        spec.trained
+        and tokenizer_cfg.path is None
+        and data_source(cfg).own_tokenizer(cfg, tokenizer_cfg) is None
+    )
 
 
-def train_corpus_bpe(cfg: DataConfig, tokenizer_cfg: TokenizerConfig) -> BPETokenizer:
-    """A byte-level BPE of `tokenizer.vocab_size` tokens trained on the training documents, with progress."""
+def train_corpus_tokenizer(cfg: DataConfig, tokenizer_cfg: TokenizerConfig) -> Tokenizer:
+    """The configured tokenizer trained on the training documents, with a line of progress now and then."""
     print(
-        f"gptforge: training a BPE tokenizer (tokenizer.vocab_size={tokenizer_cfg.vocab_size}) on "
-        f"{describe_source(cfg)}",
+        f"gptforge: training a {tokenizer_cfg.name} tokenizer "
+        f"(tokenizer.vocab_size={tokenizer_cfg.vocab_size}) on {describe_source(cfg)}",
         flush=True,
     )
     start, counted = time.perf_counter(), [0]
@@ -119,10 +270,7 @@ def train_corpus_bpe(cfg: DataConfig, tokenizer_cfg: TokenizerConfig) -> BPEToke
                 print(f"gptforge: tokenizer training read {counted[0]:,} documents", flush=True)
             yield document
 
-    hf_tokenizer = train_bpe(
-        counting(corpus_documents(cfg, with_val=False)), tokenizer_cfg.vocab_size, [tokenizer_cfg.eos_token]
-    )
-    tokenizer = BPETokenizer(hf_tokenizer, tokenizer_cfg.eos_token)
+    tokenizer = build_tokenizer(tokenizer_cfg, counting(corpus_documents(cfg, with_val=False)))
     print(
         f"gptforge: tokenizer trained on {counted[0]:,} documents in {time.perf_counter() - start:.1f} s: "
         f"vocabulary {tokenizer.vocab_size}",
@@ -132,44 +280,14 @@ def train_corpus_bpe(cfg: DataConfig, tokenizer_cfg: TokenizerConfig) -> BPEToke
 
 
 def build_data_tokenizer(cfg: DataConfig, tokenizer_cfg: TokenizerConfig) -> Tokenizer:
-    """The configured tokenizer; `char` learns its alphabet from the corpus; prepared shards (memmap)
-    bring the one they were made with when the config names none to check them against."""
-    if cfg.source == "memmap" and tokenizer_cfg.path is None and tokenizer_cfg.name in ("char", "bpe"):
-        prepared_with = read_metadata(Path(cfg.path))["tokenizer"]["name"]
-        if prepared_with != tokenizer_cfg.name:
-            raise DataError(
-                f"{cfg.path} was prepared with tokenizer={prepared_with}, but "
-                f"tokenizer={tokenizer_cfg.name} is configured; set tokenizer={prepared_with}"
-            )
-        return saved_tokenizer(Path(cfg.path))
-    if tokenizer_cfg.name != "char":
+    """The configured tokenizer (one that learns from the corpus reads it: char's alphabet); the data's
+    own where it brings one (prepared shards)."""
+    own = data_source(cfg).own_tokenizer(cfg, tokenizer_cfg)
+    if own is not None:
+        return own
+    if not tokenizer_class(tokenizer_cfg.name).learns_from_corpus or tokenizer_cfg.path is not None:
         return build_tokenizer(tokenizer_cfg)
-    if cfg.source == "text_file":
-        train_text, val_text = load_corpus(cfg)
-        return build_tokenizer(tokenizer_cfg, train_text + val_text)
     return build_tokenizer(tokenizer_cfg, corpus_documents(cfg))
-
-
-def build_data(
-    cfg: DataConfig, tokenizer: Tokenizer, layout: BatchLayout
-) -> tuple[RandomWindowLoader | StreamingLoader, ValBatches | None]:
-    """This rank's training loader and a maker of validation batches (None without validation data)."""
-    if cfg.source == "text_file":
-        train_text, val_text = load_corpus(cfg)
-        train = to_token_array(tokenizer.encode(train_text), tokenizer.vocab_size)
-        val = [to_token_array(tokenizer.encode(val_text), tokenizer.vocab_size)] if val_text else None
-        _check_enough_tokens([train], layout, f"data.path={cfg.path}", "give it more text")
-        return _window_loader([train], layout), _window_val(val, layout)
-    if cfg.source == "memmap":
-        train = open_shards(Path(cfg.path), tokenizer)
-        val = None
-        if cfg.val_path is not None:
-            val = open_shards(Path(cfg.val_path), tokenizer, "data.val_path")
-        elif cfg.val_fraction:
-            train, val = split_tail(train, cfg.val_fraction)
-        _check_enough_tokens(train, layout, f"data.path={cfg.path}", "give it more text")
-        return _window_loader(train, layout, cfg.sampling == "sequential"), _window_val(val, layout)
-    return _streaming(cfg, tokenizer, layout)
 
 
 def _check_enough_tokens(arrays: list[np.ndarray], layout: BatchLayout, what: str, remedy: str) -> None:
@@ -211,11 +329,11 @@ def _window_val(arrays: list[np.ndarray] | None, layout: BatchLayout) -> ValBatc
     return make_val_batches
 
 
-def _streaming(cfg: DataConfig, tokenizer: Tokenizer, layout: BatchLayout):
-    sources, weights = open_sources(cfg)
+def _streaming(kind: DataSource, cfg: DataConfig, tokenizer: Tokenizer, layout: BatchLayout) -> Loaders:
+    sources, weights = kind.open(cfg)
     for source in sources:
         _check_first_shard(source)
-    separate_val = _separate_val(cfg)
+    separate_val = kind.separate_val(cfg)
     spec = StreamSpec(
         sources,
         weights,
@@ -236,7 +354,7 @@ def _streaming(cfg: DataConfig, tokenizer: Tokenizer, layout: BatchLayout):
         cfg.num_workers,
     )
     if separate_val:
-        val_sources, val_weights = open_sources(cfg, val=True)
+        val_sources, val_weights = kind.open(cfg, val=True)
         val_spec = StreamSpec(val_sources, val_weights, tokenizer, spec.block_len, layout.seed, "val", 0.0, 0)
     elif cfg.val_fraction:
         val_spec = StreamSpec(

@@ -5,9 +5,14 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from gptforge.config import TokenizerConfig
 from gptforge.data.tokenizers import TOKENIZER_FILE
 from gptforge.errors import DataError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer as HFTokenizer
 
 GPT2_FILE = "gpt2.tiktoken"
 EOT = "<|endoftext|>"
@@ -31,6 +36,9 @@ class GPT2Tokenizer:
     """GPT-2's 50,257-token BPE (EOS is <|endoftext|>); batches encode on tiktoken's threads."""
 
     name = "gpt2"
+    learns_from_corpus = False
+    trained = False
+    reads_file = True
 
     def __init__(self, mergeable_ranks: dict[bytes, int]) -> None:
         tiktoken = _tiktoken()
@@ -75,6 +83,28 @@ class GPT2Tokenizer:
                 + HOW_TO_PROVIDE
             ) from None
         return cls(encoding._mergeable_ranks)
+
+    @classmethod
+    def build(cls, cfg: TokenizerConfig, corpus: object = None) -> GPT2Tokenizer:
+        """From the local `tokenizer.path` file, else tiktoken's own (fetched once into its cache)."""
+        return cls.from_file(Path(cfg.path)) if cfg.path else cls.download()
+
+    @classmethod
+    def load(cls, directory: Path, meta: dict) -> GPT2Tokenizer:
+        return cls.from_file(Path(directory) / meta["file"])
+
+    def to_hf(self) -> HFTokenizer:
+        from gptforge.data.hf_tokenizer import byte_level, byte_to_unicode, tiktoken_merges, with_eos
+
+        spell = byte_to_unicode()
+
+        def text(token: bytes) -> str:
+            return "".join(spell[b] for b in token)
+
+        vocab = {text(token): rank for token, rank in self.mergeable_ranks.items()}
+        merges = [(text(a), text(b)) for a, b in tiktoken_merges(self.mergeable_ranks)]
+        # the regex is GPT-2's pre-tokenizer
+        return with_eos(byte_level(vocab, merges, use_regex=True), self.eos_token, self.eos_id)
 
     def encode(self, text: str) -> list[int]:
         return self.encoding.encode_ordinary(text)

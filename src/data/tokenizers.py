@@ -1,16 +1,24 @@
-"""Tokenizers: text to token ids and back, saved beside checkpoints so a run always decodes as it encoded."""
+"""Tokenizers: text to token ids and back, saved beside checkpoints so a run always decodes as it encoded.
+
+Each `tokenizer.name` is one class in `TOKENIZERS`, which builds it from the config (and the corpus, where
+it learns from one), loads it from a directory it saved, and converts it for Hugging Face (`to_hf`).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from gptforge.config import TokenizerConfig
 from gptforge.errors import DataError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer as HFTokenizer
 
 TOKENIZER_FILE = "tokenizer_meta.json"
 
@@ -31,11 +39,30 @@ class Tokenizer(Protocol):
 
     def save(self, directory: Path) -> None: ...
 
+    def to_hf(self) -> HFTokenizer: ...
+
+
+class TokenizerSpec(Protocol):
+    """What a tokenizer class offers the pipeline: how it is built, loaded, and whether from a corpus."""
+
+    learns_from_corpus: ClassVar[bool]  # reads the training documents when built (char: its alphabet)
+    trained: ClassVar[bool]  # learning is training, done once by rank 0 and sent to all (bpe)
+    reads_file: ClassVar[bool]  # tokenizer.path names a file (or its directory) it loads
+
+    @classmethod
+    def build(cls, cfg: TokenizerConfig, corpus: Iterable[str] | None = None) -> Tokenizer: ...
+
+    @classmethod
+    def load(cls, directory: Path, meta: dict) -> Tokenizer: ...
+
 
 class CharTokenizer:
     """One token per distinct character of the training corpus, plus EOS."""
 
     name = "char"
+    learns_from_corpus = True
+    trained = False
+    reads_file = False
 
     def __init__(self, chars: list[str], eos_token: str = "<|endoftext|>") -> None:
         self.chars = chars
@@ -50,6 +77,21 @@ class CharTokenizer:
         for piece in [text] if isinstance(text, str) else text:
             chars.update(piece)
         return cls(sorted(chars), eos_token)
+
+    @classmethod
+    def build(cls, cfg: TokenizerConfig, corpus: Iterable[str] | None = None) -> CharTokenizer:
+        if corpus is None:
+            raise DataError("tokenizer=char learns its alphabet from the corpus, but none was given")
+        return cls.from_text(corpus, cfg.eos_token)
+
+    @classmethod
+    def load(cls, directory: Path, meta: dict) -> CharTokenizer:
+        return cls(meta["chars"], meta["eos_token"])
+
+    def to_hf(self) -> HFTokenizer:
+        from gptforge.data.hf_tokenizer import character_level, with_eos
+
+        return with_eos(character_level(self.stoi), self.eos_token, self.eos_id)
 
     def encode(self, text: str) -> list[int]:
         try:
@@ -74,9 +116,26 @@ class ByteTokenizer:
     name = "byte"
     vocab_size = 257
     eos_id = 256
+    learns_from_corpus = False
+    trained = False
+    reads_file = False
 
     def __init__(self, eos_token: str = "<|endoftext|>") -> None:
         self.eos_token = eos_token
+
+    @classmethod
+    def build(cls, cfg: TokenizerConfig, corpus: Iterable[str] | None = None) -> ByteTokenizer:
+        return cls(cfg.eos_token)
+
+    @classmethod
+    def load(cls, directory: Path, meta: dict) -> ByteTokenizer:
+        return cls(meta["eos_token"])
+
+    def to_hf(self) -> HFTokenizer:
+        from gptforge.data.hf_tokenizer import byte_level, byte_to_unicode, with_eos
+
+        vocab = {char: byte for byte, char in byte_to_unicode().items()}
+        return with_eos(byte_level(vocab, [], use_regex=False), self.eos_token, self.eos_id)
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -92,11 +151,23 @@ class ByteTokenizer:
         (Path(directory) / TOKENIZER_FILE).write_text(json.dumps(meta))
 
 
+# tokenizer.name -> "module:class"; the config's valid names are these
+TOKENIZERS: dict[str, str] = {
+    "char": "gptforge.data.tokenizers:CharTokenizer",
+    "byte": "gptforge.data.tokenizers:ByteTokenizer",
+    "bpe": "gptforge.data.bpe:BPETokenizer",
+    "gpt2": "gptforge.data.tiktoken_gpt2:GPT2Tokenizer",
+}
+
+
+def tokenizer_class(name: str) -> TokenizerSpec:
+    """The class registered as `name` (one of TOKENIZERS)."""
+    module, _, cls = TOKENIZERS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
 def load_tokenizer(directory: Path) -> Tokenizer:
     """Load the tokenizer a run, checkpoint or prepared shard directory saved."""
-    from gptforge.data.bpe import BPETokenizer
-    from gptforge.data.tiktoken_gpt2 import GPT2Tokenizer
-
     path = Path(directory) / TOKENIZER_FILE
     if not path.is_file():
         raise DataError(f"no tokenizer saved at {path}")
@@ -106,38 +177,15 @@ def load_tokenizer(directory: Path) -> Tokenizer:
         raise DataError(
             f"{path} is not a readable tokenizer record ({err}); restore it from a checkpoint"
         ) from None
-    if meta["name"] == "char":
-        return CharTokenizer(meta["chars"], meta["eos_token"])
-    if meta["name"] == "byte":
-        return ByteTokenizer(meta["eos_token"])
-    if meta["name"] == "bpe":
-        return BPETokenizer.from_file(Path(directory) / meta["file"], meta["eos_token"])
-    if meta["name"] == "gpt2":
-        return GPT2Tokenizer.from_file(Path(directory) / meta["file"])
-    raise DataError(f"{path}: unknown tokenizer {meta['name']!r}")
+    if meta.get("name") not in TOKENIZERS:
+        raise DataError(f"{path}: unknown tokenizer {meta.get('name')!r}; known: {', '.join(TOKENIZERS)}")
+    return tokenizer_class(meta["name"]).load(Path(directory), meta)
 
 
-def build_tokenizer(cfg: TokenizerConfig, corpus_text: str | Iterable[str] | None = None) -> Tokenizer:
-    """Build the configured tokenizer; `char` learns its alphabet from the training corpus."""
-    from gptforge.data.bpe import BPETokenizer
-    from gptforge.data.tiktoken_gpt2 import GPT2Tokenizer
-
-    if cfg.name == "char":
-        if corpus_text is None:
-            raise DataError("tokenizer=char learns its alphabet from the corpus, but none was given")
-        return CharTokenizer.from_text(corpus_text, cfg.eos_token)
-    if cfg.name == "byte":
-        return ByteTokenizer(cfg.eos_token)
-    if cfg.name == "bpe":
-        if cfg.path is None:
-            raise DataError(
-                "tokenizer.path is not set; tokenizer=bpe loads a tokenizer.json: train one with "
-                "`python scripts/train_tokenizer.py --input <corpus> --out <dir>` and set tokenizer.path"
-            )
-        return BPETokenizer.from_file(Path(cfg.path), cfg.eos_token)
-    if cfg.name == "gpt2":
-        return GPT2Tokenizer.from_file(Path(cfg.path)) if cfg.path else GPT2Tokenizer.download()
-    raise DataError(f"tokenizer.name={cfg.name!r} is not valid; use char, byte, bpe or gpt2")
+def build_tokenizer(cfg: TokenizerConfig, corpus: str | Iterable[str] | None = None) -> Tokenizer:
+    """Build the configured tokenizer; one that learns from a corpus (char, bpe without a file) reads
+    `corpus`, the training documents."""
+    return tokenizer_class(cfg.name).build(cfg, [corpus] if isinstance(corpus, str) else corpus)
 
 
 def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:

@@ -11,7 +11,7 @@ import torch
 
 from gptforge.config import Config
 from gptforge.data import BatchLayout, Tokenizer, build_data
-from gptforge.data.pipeline import train_corpus_bpe
+from gptforge.data.pipeline import train_corpus_tokenizer
 from gptforge.data.tokenizers import ByteTokenizer
 from gptforge.errors import ConfigError, GptforgeError
 from gptforge.eval.evaluator import build_task_evaluator
@@ -62,7 +62,7 @@ def corpus_tokenizer(plan: RunPlan, strategy: Strategy) -> tuple[RunPlan, Tokeni
     trained = failure = None
     if strategy.is_main:
         try:
-            trained = train_corpus_bpe(cfg.data, cfg.tokenizer)
+            trained = train_corpus_tokenizer(cfg.data, cfg.tokenizer)
         except GptforgeError as err:  # sent on, so no rank waits for a tokenizer that never comes
             failure = err
     tokenizer, failure = strategy.broadcast_object((trained, failure))

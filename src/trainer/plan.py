@@ -18,8 +18,8 @@ import torch
 
 from gptforge.config import Config
 from gptforge.data import Tokenizer, build_data_tokenizer, load_tokenizer
-from gptforge.data.pipeline import trains_its_tokenizer
-from gptforge.data.tokenizers import TOKENIZER_FILE
+from gptforge.data.pipeline import DATA_SOURCES, trains_its_tokenizer
+from gptforge.data.tokenizers import TOKENIZER_FILE, tokenizer_class
 from gptforge.errors import ConfigError
 from gptforge.trainer.devices import local_world_size, resolve_device
 from gptforge.trainer.loggers import check_logger_packages
@@ -99,7 +99,7 @@ def resolve_vocab_size(requested: int | None, tokenizer_vocab: int, multiple: in
 
 def check_fine_tuning(cfg: Config) -> None:
     """data=sft adapts pretrained weights: without `trainer.init_from` it would fine-tune noise."""
-    if cfg.data.source == "sft" and not cfg.trainer.init_from:
+    if DATA_SOURCES[cfg.data.source].fine_tunes and not cfg.trainer.init_from:
         raise ConfigError(
             "data=sft fine-tunes a pretrained model but trainer.init_from is not set; set "
             "trainer.init_from=<checkpoint> (a checkpoint or run directory, a .safetensors file or hf:<dir>)"
@@ -147,14 +147,15 @@ def _adopt_init(cfg: Config, init: InitSource) -> Config:
         cfg = replace(cfg, model=adopt_architecture(cfg.model, init.model))
     if init.tokenizer_dir is not None:
         saved = load_tokenizer(init.tokenizer_dir)
-        path = str(init.tokenizer_dir) if saved.name in ("bpe", "gpt2") else None
+        path = str(init.tokenizer_dir) if tokenizer_class(saved.name).reads_file else None
         cfg = replace(
             cfg, tokenizer=replace(cfg.tokenizer, name=saved.name, path=path, eos_token=saved.eos_token)
         )
-    elif cfg.tokenizer.name == "char":
+    elif tokenizer_class(cfg.tokenizer.name).learns_from_corpus and cfg.tokenizer.path is None:
         raise ConfigError(
-            f"trainer.init_from={init.spec} has no {TOKENIZER_FILE} beside it and tokenizer=char cannot be "
-            "rebuilt without its alphabet; give the checkpoint directory instead"
+            f"trainer.init_from={init.spec} has no {TOKENIZER_FILE} beside it and "
+            f"tokenizer={cfg.tokenizer.name}, learned from a corpus, cannot be rebuilt as the weights saw "
+            "it; give the checkpoint directory instead"
         )
     return cfg
 

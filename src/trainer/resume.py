@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from gptforge.config import Config
-from gptforge.data.pipeline import STREAMING
+from gptforge.data.pipeline import DATA_SOURCES
 from gptforge.data.tokenizers import TOKENIZER_FILE
 from gptforge.errors import ConfigError, LaunchError
 from gptforge.trainer.checkpoint import Checkpointer, read_trainer_state
@@ -139,7 +139,7 @@ def check_world_size(
     fixed = strategy_class(resolve_strategy_name(cfg.strategy.name, world)).fixed_world_size
     if fixed:
         reason = fixed
-    elif cfg.data.source in STREAMING:
+    elif DATA_SOURCES[cfg.data.source].streaming:
         reason = f"data.source={cfg.data.source} keeps a stream position per rank"
     elif saved_global is not None and saved_global != current_global:
         reason = (

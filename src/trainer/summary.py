@@ -108,14 +108,9 @@ def _si(value: float) -> str:
 
 def describe_data(cfg: DataConfig) -> str:
     """Where the training tokens come from, in one line."""
-    if cfg.source == "mixture":
-        parts = [f"{source.path or source.name} (weight {source.weight:g})" for source in cfg.sources]
-        where = "mixture: " + ", ".join(parts)
-    else:
-        where = f"{cfg.source}: " + (f"{cfg.name} [{cfg.split}]" if cfg.source == "hf_hub" else cfg.path)
-    if cfg.source in ("local", "mixture"):
-        where += f" (text files as {cfg.text_unit}s)"
-    return where
+    from gptforge.data.pipeline import describe_source
+
+    return describe_source(cfg)
 
 
 def describe_device(device: torch.device) -> str:

@@ -63,9 +63,11 @@ def test_bpe_vocab_larger_than_the_model_fails_naming_the_key(shakespeare_bpe: P
         resolve_vocab_size(256, tokenizer.vocab_size, 1)
 
 
-def test_bpe_needs_a_path_or_an_existing_file(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"tokenizer.path is not set.*train_tokenizer.py"):
+def test_bpe_is_loaded_from_an_existing_file_or_trained_on_a_corpus(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"tokenizer=bpe without tokenizer.path trains on the corpus"):
         build_tokenizer(TokenizerConfig(name="bpe"))
+    trained = build_tokenizer(TokenizerConfig(name="bpe", vocab_size=300), ["to be or not to be"] * 20)
+    assert trained.decode(trained.encode("not to be")) == "not to be"
     with pytest.raises(DataError, match=r"missing.json does not exist"):
         build_tokenizer(TokenizerConfig(name="bpe", path=str(tmp_path / "missing.json")))
 

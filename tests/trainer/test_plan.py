@@ -139,7 +139,7 @@ def test_bpe_without_a_path_is_trained_on_the_corpus_and_kept_for_the_resume(tmp
     common += ["tokenizer.vocab_size=300", f"out_dir={tmp_path / 'run'}", "trainer.checkpoint_every=2"]
     train(compose_config([*common, "trainer.max_steps=2"]), tmp_path / "run")
     first = capsys.readouterr().out
-    assert "gptforge: training a BPE tokenizer (tokenizer.vocab_size=300) on data.path=" in first
+    assert "gptforge: training a bpe tokenizer (tokenizer.vocab_size=300) on local: " in first
     assert "gptforge: tokenizer trained on " in first and "vocabulary 300" in first
     run_dir = tmp_path / "run"
     assert (run_dir / "tokenizer.json").is_file() and (

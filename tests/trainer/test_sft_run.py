@@ -103,7 +103,7 @@ def test_sft_from_a_consolidated_file_finds_the_tokenizer_it_was_trained_with(
     )
 
     save_consolidated(state, file, metadata | {"source": str(tmp_path / "deleted")})
-    with pytest.raises(ConfigError, match=r"has no tokenizer_meta.json beside it and tokenizer=char cannot"):
+    with pytest.raises(ConfigError, match=r"no tokenizer_meta.json beside it and tokenizer=char, learned"):
         train(sft_config(tmp_path / "run2", f"trainer.init_from={file}"))
 
 
