@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from gptforge.cli import HelpFormatter, run_cli
-from gptforge.trainer.strategies.consolidated import consolidate_checkpoint, save_consolidated
+from gptforge.trainer.checkpoint import consolidate_checkpoint, save_consolidated
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -26,8 +26,8 @@ from gptforge.errors import ConfigError
 from gptforge.eval.evaluator import build_task_evaluator, format_table
 from gptforge.eval.host import LocalHost
 from gptforge.eval.loss import data_config, loss_batches, mean_loss, perplexity
+from gptforge.trainer.checkpoint import Pretrained, load_checkpoint
 from gptforge.trainer.devices import resolve_device
-from gptforge.trainer.pretrained import Pretrained, load_checkpoint
 
 
 def main(argv: list[str] | None = None) -> dict:

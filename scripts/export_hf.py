@@ -28,7 +28,7 @@ from gptforge.data.chat import chat_template
 from gptforge.data.hf_tokenizer import save_hf_tokenizer
 from gptforge.models.hf import to_hf_state_dict
 from gptforge.models.lora import merge_lora
-from gptforge.trainer.pretrained import load_checkpoint, write_hf_dir
+from gptforge.trainer.checkpoint import load_checkpoint, write_hf_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

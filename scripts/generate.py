@@ -22,8 +22,8 @@ from gptforge.cli import run_cli
 from gptforge.errors import ConfigError
 from gptforge.models import generate
 from gptforge.serve.text import completion_text, prompt_ids
+from gptforge.trainer.checkpoint import load_checkpoint
 from gptforge.trainer.devices import resolve_device, resolve_precision
-from gptforge.trainer.pretrained import load_checkpoint
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -23,8 +23,8 @@ from gptforge.data.chat import chat_template
 from gptforge.errors import ConfigError
 from gptforge.models import merge_lora
 from gptforge.serve.engine import Engine
+from gptforge.trainer.checkpoint import load_checkpoint
 from gptforge.trainer.devices import resolve_device, resolve_precision
-from gptforge.trainer.pretrained import load_checkpoint
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -32,8 +32,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 from gptforge.eval.host import LocalHost
 from gptforge.eval.scoring import continuation_logprobs, greedy_answer
+from gptforge.trainer.checkpoint import load_checkpoint
 from gptforge.trainer.devices import resolve_device
-from gptforge.trainer.pretrained import load_checkpoint
 
 MODEL_NAME = "gptforge"
 Request = tuple[tuple[str, str] | None, list[int], list[int]]  # (strings, context ids, continuation ids)

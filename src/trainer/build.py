@@ -18,6 +18,7 @@ from gptforge.eval.evaluator import build_task_evaluator
 from gptforge.models import GPT
 from gptforge.models.lora import apply_lora
 from gptforge.trainer import checkpoint as ckpt
+from gptforge.trainer.checkpoint import load_initial_weights
 from gptforge.trainer.devices import precision_name, resolve_precision
 from gptforge.trainer.lock import RunDirectoryLock
 from gptforge.trainer.loop import Trainer, finished_message
@@ -26,7 +27,6 @@ from gptforge.trainer.plan import RunPlan, grad_accum_steps, plan_run, resolve_v
 from gptforge.trainer.resume import holds_a_run, set_aside
 from gptforge.trainer.strategies import Strategy, build_strategy
 from gptforge.trainer.strategies.base import StepLayout
-from gptforge.trainer.strategies.consolidated import load_initial_weights
 from gptforge.trainer.summary import RunSummary, describe_run
 
 __all__ = ["build_trainer", "dry_run", "grad_accum_steps", "resolve_vocab_size", "train"]

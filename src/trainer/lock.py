@@ -2,11 +2,14 @@
 
 The lock is an `flock`, which the kernel drops when its process exits however it exits (SIGKILL included),
 so a lock left by a dead run is free again at once; the file keeps the holder's pid, host and start time
-for the message a second start prints.
+for the message a second start prints. A forked child (a data-loader worker) would inherit the descriptor and
+keep the lock alive after its parent was killed, until it noticed; so every fork closes the child's copy
+(which leaves the parent's lock in place: an flock lives until all descriptors of the open file are closed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -16,6 +19,18 @@ from pathlib import Path
 from gptforge.errors import ConfigError
 
 LOCK_FILE = ".gptforge.lock"
+
+_held: set[int] = set()  # descriptors of locks this process holds
+
+
+def _close_in_child() -> None:
+    for fd in _held:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 class RunDirectoryLock:
@@ -42,9 +57,11 @@ class RunDirectoryLock:
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {started}\n".encode(), 0)
         self._fd = fd
+        _held.add(fd)
 
     def release(self) -> None:
         if self._fd is not None:
+            _held.discard(self._fd)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -22,9 +22,8 @@ from gptforge.errors import ConfigError
 from gptforge.eval.evaluator import TASK_PREFIX
 from gptforge.records import read_metrics
 from gptforge.trainer.checkpoint import write_atomic
+from gptforge.trainer.checkpoint.layout import WANDB_ID_FILE
 from gptforge.trainer.summary import RunSummary
-
-WANDB_ID_FILE = "wandb_run_id"
 
 
 class MetricLogger(Protocol):

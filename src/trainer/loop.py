@@ -14,6 +14,7 @@ from gptforge.eval.loss import loss_sums, perplexity
 from gptforge.models import generate
 from gptforge.preemption import PreemptionWatcher, watch_for_preemption
 from gptforge.trainer import checkpoint as ckpt
+from gptforge.trainer.checkpoint import save_lora_adapters
 from gptforge.trainer.faults import (
     Preempted,
     StepGuard,
@@ -25,7 +26,6 @@ from gptforge.trainer.lock import RunDirectoryLock
 from gptforge.trainer.loggers import Loggers, build_loggers
 from gptforge.trainer.metrics import ThroughputMeter, peak_flops_per_sec
 from gptforge.trainer.plan import RunPlan
-from gptforge.trainer.pretrained import save_lora_adapters
 from gptforge.trainer.profiler import StepProfiler
 from gptforge.trainer.resume import config_hash
 from gptforge.trainer.schedules import LRSchedule
@@ -72,7 +72,7 @@ class Trainer:
         self.config_hash = config_hash(OmegaConf.to_container(OmegaConf.structured(cfg)), strategy.world_size)
         self.schedule = LRSchedule(cfg.scheduler, cfg.optim.lr, self.tcfg.max_steps)
         self.checkpointer = ckpt.Checkpointer(
-            self.run_dir / "checkpoints",
+            self.run_dir / ckpt.CHECKPOINTS,
             self.tcfg.keep_last,
             strategy.is_main,
             strategy.barrier,

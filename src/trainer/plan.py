@@ -21,9 +21,9 @@ from gptforge.data import Tokenizer, build_data_tokenizer, load_tokenizer
 from gptforge.data.pipeline import DATA_SOURCES, trains_its_tokenizer
 from gptforge.data.tokenizers import TOKENIZER_FILE, tokenizer_class
 from gptforge.errors import ConfigError
+from gptforge.trainer.checkpoint import InitSource, adopt_architecture, read_config, resolve_init_source
 from gptforge.trainer.devices import local_world_size, resolve_device
 from gptforge.trainer.loggers import check_logger_packages
-from gptforge.trainer.pretrained import InitSource, adopt_architecture, read_config, resolve_init_source
 from gptforge.trainer.resume import check_resume, find_resume_checkpoint
 from gptforge.trainer.strategies import resolve_strategy_name
 

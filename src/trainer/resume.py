@@ -23,7 +23,8 @@ from gptforge.config import Config
 from gptforge.data.pipeline import DATA_SOURCES
 from gptforge.data.tokenizers import TOKENIZER_FILE
 from gptforge.errors import ConfigError, LaunchError
-from gptforge.trainer.checkpoint import Checkpointer, read_trainer_state
+from gptforge.trainer.checkpoint import CHECKPOINTS, CONFIG, Checkpointer, read_trainer_state
+from gptforge.trainer.checkpoint.layout import WANDB_ID_FILE
 from gptforge.trainer.strategies import STRATEGIES, resolve_strategy_name, strategy_class
 
 # keys that name this start rather than the run: where it lives and how it was asked to start
@@ -177,7 +178,7 @@ def find_resume_checkpoint(cfg: Config, run_dir: Path, is_main: bool) -> Path | 
     """
     if cfg.trainer.resume == "never":
         return None
-    return Checkpointer(run_dir / "checkpoints", cfg.trainer.keep_last, is_main, lambda: None).latest_valid()
+    return Checkpointer(run_dir / CHECKPOINTS, cfg.trainer.keep_last, is_main, lambda: None).latest_valid()
 
 
 def check_resume(cfg: Config, run_dir: Path, directory: Path | None, world_size: int, is_main: bool) -> None:
@@ -190,13 +191,13 @@ def check_resume(cfg: Config, run_dir: Path, directory: Path | None, world_size:
         return
     current = OmegaConf.to_container(OmegaConf.structured(cfg))
     if directory is None:  # a run that stopped before its first checkpoint still must not be mixed up
-        saved = _load_yaml(run_dir / "config.yaml")
+        saved = _load_yaml(run_dir / CONFIG)
         safe, unsafe = config_changes(saved, current) if saved is not None else ([], [])
     else:
         state = read_trainer_state(directory)
         saved_world = state.get("world_size", 1)
         check_world_size(directory, saved_world, world_size, cfg, state.get("global_batch_size"))
-        saved = _load_yaml(directory / "config.yaml")
+        saved = _load_yaml(directory / CONFIG)
         if state.get("config_hash") == config_hash(current, world_size):
             unsafe = []
             safe = config_changes(saved, current, saved_world, world_size)[0] if saved else []
@@ -256,7 +257,7 @@ def check_schedule(saved: dict, cfg: Config, step: int) -> list[str]:
 
 def run_files(run_dir: Path, metrics_file: str) -> list[Path]:
     """What a run writes at the top of its out_dir and would overwrite if started over."""
-    names = ["checkpoints", "config.yaml", metrics_file, "wandb_run_id", TOKENIZER_FILE]
+    names = [CHECKPOINTS, CONFIG, metrics_file, WANDB_ID_FILE, TOKENIZER_FILE]
     meta = run_dir / TOKENIZER_FILE
     if meta.is_file():
         with contextlib.suppress(json.JSONDecodeError, AttributeError):  # unreadable: moved all the same
@@ -266,8 +267,8 @@ def run_files(run_dir: Path, metrics_file: str) -> list[Path]:
 
 def holds_a_run(run_dir: Path) -> bool:
     """True if a run was started in `run_dir`: it wrote config.yaml or a checkpoint."""
-    checkpoints = run_dir / "checkpoints"
-    return (run_dir / "config.yaml").is_file() or (checkpoints.is_dir() and any(checkpoints.iterdir()))
+    checkpoints = run_dir / CHECKPOINTS
+    return (run_dir / CONFIG).is_file() or (checkpoints.is_dir() and any(checkpoints.iterdir()))
 
 
 def set_aside(run_dir: Path, metrics_file: str) -> list[Path]:

@@ -16,7 +16,7 @@ from gptforge.eval.evaluator import TaskEvaluator, build_task_evaluator
 from gptforge.eval.host import LocalHost
 from gptforge.models import GPT
 from gptforge.trainer import train
-from gptforge.trainer.pretrained import load_checkpoint
+from gptforge.trainer.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 

@@ -17,7 +17,7 @@ from conftest import ROOT
 from gptforge.config import EvalConfig
 from gptforge.eval.evaluator import build_task_evaluator
 from gptforge.eval.host import LocalHost
-from gptforge.trainer.pretrained import load_checkpoint
+from gptforge.trainer.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 

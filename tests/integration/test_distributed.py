@@ -117,7 +117,7 @@ def test_checkpoints_consolidate_and_start_a_run_under_another_strategy(
     trained, tiny_config, tmp_path: Path
 ) -> None:
     # every backend's checkpoint consolidates to the same weights as DDP's plain state dict
-    from gptforge.trainer.strategies.consolidated import consolidate_checkpoint
+    from gptforge.trainer.checkpoint import consolidate_checkpoint
 
     reference, _ = consolidate_checkpoint(trained("ddp"))
     for name in ("fsdp", "deepspeed_zero1", "deepspeed_zero3"):
@@ -179,7 +179,7 @@ def first_step_loss(weights: Path, cfg) -> float:
     from gptforge.data import RandomWindowLoader, build_tokenizer, load_corpus, to_token_array
     from gptforge.models import GPT
     from gptforge.trainer.build import resolve_vocab_size
-    from gptforge.trainer.strategies.consolidated import load_initial_weights
+    from gptforge.trainer.checkpoint import load_initial_weights
 
     train_text, val_text = load_corpus(cfg.data)
     tokenizer = build_tokenizer(cfg.tokenizer, train_text + val_text)

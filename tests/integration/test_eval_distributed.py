@@ -14,7 +14,7 @@ from launch_utils import TINY_RUN, check, records, torchrun
 from gptforge.config import EvalConfig
 from gptforge.eval.evaluator import build_task_evaluator, metric_record
 from gptforge.eval.host import LocalHost
-from gptforge.trainer.pretrained import load_checkpoint
+from gptforge.trainer.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.usefixtures("one_torch_thread")]
 

@@ -13,7 +13,7 @@ from gptforge.errors import ConfigError
 from gptforge.models import GPT
 from gptforge.models.hf import from_hf, to_hf_state_dict
 from gptforge.models.lora import apply_lora
-from gptforge.trainer.pretrained import load_hf_weights, write_hf_dir
+from gptforge.trainer.checkpoint import load_hf_weights, write_hf_dir
 
 VOCAB = 50
 

@@ -13,8 +13,8 @@ from gptforge.errors import ConfigError
 from gptforge.models import GPT
 from gptforge.models.hf import to_hf_state_dict
 from gptforge.models.lora import LoRALinear, apply_lora, merge_lora
+from gptforge.trainer.checkpoint import load_lora_adapters, save_lora_adapters
 from gptforge.trainer.optim import build_optimizer
-from gptforge.trainer.pretrained import load_lora_adapters, save_lora_adapters
 
 VOCAB = 50
 

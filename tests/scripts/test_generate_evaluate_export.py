@@ -13,7 +13,7 @@ from conftest import ROOT, TINY, compose_config, run_script
 
 from gptforge.data.chat import encode_texts, render_chat
 from gptforge.trainer import train
-from gptforge.trainer.pretrained import load_checkpoint
+from gptforge.trainer.checkpoint import load_checkpoint
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 

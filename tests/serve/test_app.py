@@ -25,7 +25,7 @@ from gptforge.data.chat import render_chat
 from gptforge.data.tokenizers import load_tokenizer
 from gptforge.serve.app import build_app
 from gptforge.serve.engine import Engine
-from gptforge.trainer.pretrained import load_checkpoint
+from gptforge.trainer.checkpoint import load_checkpoint
 
 PROMPT = "ROMEO:\nSpeak.\n\nJULIET:\n"
 ROOM = 32 - len(PROMPT)  # tokens left of the tiny model's context: a char tokenizer, one token a character

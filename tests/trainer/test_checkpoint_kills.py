@@ -25,6 +25,8 @@ from gptforge.config import ModelConfig, OptimConfig, StrategyConfig
 from gptforge.models import GPT
 from gptforge.trainer.checkpoint import (
     LATEST,
+    MODEL_FILE,
+    OPTIMIZER_FILE,
     Checkpointer,
     load_rank_state,
     read_trainer_state,
@@ -33,7 +35,7 @@ from gptforge.trainer.checkpoint import (
     write_trainer_state,
 )
 from gptforge.trainer.strategies.base import StepLayout
-from gptforge.trainer.strategies.single import MODEL_FILE, OPTIMIZER_FILE, SingleDeviceStrategy
+from gptforge.trainer.strategies.single import SingleDeviceStrategy
 
 KEEP_LAST = 2
 KILLS = 50
@@ -199,7 +201,7 @@ def sigkill_self() -> None:
 
 def arm(phase: str, strategy: SingleDeviceStrategy) -> None:
     """In the child: SIGKILL this process at `phase` of its next save."""
-    from gptforge.trainer import checkpoint
+    from gptforge.trainer.checkpoint import store as checkpoint  # where the Checkpointer looks it up
 
     real_save, real_replace, real_rmtree = strategy.save, os.replace, shutil.rmtree
     real_write_atomic = checkpoint.write_atomic

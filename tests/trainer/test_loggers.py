@@ -11,7 +11,8 @@ import pytest
 
 from gptforge.errors import ConfigError
 from gptforge.trainer import train
-from gptforge.trainer.loggers import WANDB_ID_FILE, format_record, scalars
+from gptforge.trainer.checkpoint.layout import WANDB_ID_FILE
+from gptforge.trainer.loggers import format_record, scalars
 
 TRAIN_KEYS = {
     "step",

@@ -112,3 +112,35 @@ def test_a_second_run_on_the_same_out_dir_is_refused_naming_the_first(tmp_path: 
     third = run_script("train.py", *args, f"out_dir={run_dir}", "trainer.max_steps=101")
     assert third.returncode == 0, third.stderr
     assert "resumed from" in third.stdout or steps_before < 100
+
+
+def test_a_forked_child_of_a_killed_run_does_not_keep_its_lock(tmp_path: Path) -> None:
+    # a loader worker outlives its SIGKILLed parent by seconds; it must not hold the run directory meanwhile
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, sys, time\n"
+            "from gptforge.trainer.lock import RunDirectoryLock\n"
+            f"RunDirectoryLock({str(tmp_path)!r}).acquire()\n"
+            "ready, tell = os.pipe()\n"
+            "if os.fork() == 0:\n"  # the fork hooks have run by the time the child's code does
+            "    os.write(tell, b'1'); time.sleep(60); os._exit(0)\n"
+            "os.read(ready, 1)\n"
+            "print('locked', flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        holder.wait(timeout=30)
+        from gptforge.trainer.lock import RunDirectoryLock
+
+        lock = RunDirectoryLock(tmp_path)
+        lock.acquire()  # the orphaned child is still asleep, and the lock is free
+        lock.release()
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)

@@ -17,8 +17,7 @@ from gptforge.errors import ConfigError
 from gptforge.trainer import checkpoint as ckpt
 from gptforge.trainer import train
 from gptforge.trainer.build import build_trainer
-from gptforge.trainer.pretrained import LORA_FILE, load_checkpoint
-from gptforge.trainer.strategies.consolidated import consolidate_checkpoint, save_consolidated
+from gptforge.trainer.checkpoint import LORA_FILE, consolidate_checkpoint, load_checkpoint, save_consolidated
 
 # the tiny model of TINY, fine-tuned on the bundled examples
 SFT = [

@@ -10,10 +10,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from gptforge.config import OptimConfig
+from gptforge.trainer.checkpoint.layout import MODEL_FILE, OPTIMIZER_FILE
 from gptforge.trainer.optim import build_optimizer
 from gptforge.trainer.strategies.base import StepLayout, apply_activation_checkpointing, clip_and_step_local
 from gptforge.trainer.strategies.distributed import DistributedStrategy
-from gptforge.trainer.strategies.single import MODEL_FILE, OPTIMIZER_FILE, SingleDeviceStrategy
+from gptforge.trainer.strategies.single import SingleDeviceStrategy
 
 
 class DDPStrategy(DistributedStrategy):

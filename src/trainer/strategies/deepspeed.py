@@ -18,11 +18,12 @@ from torch import nn
 
 from gptforge.config import Config, OptimConfig, StrategyConfig
 from gptforge.errors import CheckpointError, ConfigError
+from gptforge.trainer.checkpoint.layout import DEEPSPEED_DIR
 from gptforge.trainer.optim import build_optimizer, param_groups, set_lr
 from gptforge.trainer.strategies.base import StepLayout
 from gptforge.trainer.strategies.distributed import DistributedStrategy
 
-CHECKPOINT_TAG = "deepspeed"  # DeepSpeed's own files live in <checkpoint>/deepspeed/
+CHECKPOINT_TAG = DEEPSPEED_DIR  # DeepSpeed's own files live in <checkpoint>/deepspeed/
 ZERO_STAGES = (1, 2, 3)
 
 

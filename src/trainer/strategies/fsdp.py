@@ -20,11 +20,10 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from gptforge.config import OptimConfig, StrategyConfig
 from gptforge.errors import CheckpointError
+from gptforge.trainer.checkpoint.layout import DCP_DIR  # one shard file per rank plus .metadata
 from gptforge.trainer.optim import build_optimizer
 from gptforge.trainer.strategies.base import StepLayout, apply_activation_checkpointing, clip_and_step_local
 from gptforge.trainer.strategies.distributed import DistributedStrategy
-
-DCP_DIR = "dcp"  # torch.distributed.checkpoint files: one shard file per rank plus .metadata
 
 
 class FSDPStrategy(DistributedStrategy):

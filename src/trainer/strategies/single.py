@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from gptforge.config import OptimConfig, StrategyConfig, TrainerConfig
+from gptforge.trainer.checkpoint.layout import MODEL_FILE, OPTIMIZER_FILE
 from gptforge.trainer.optim import build_optimizer
 from gptforge.trainer.strategies.base import (
     StepLayout,
@@ -16,9 +17,6 @@ from gptforge.trainer.strategies.base import (
     clip_and_step_local,
 )
 from gptforge.trainer.strategies.slices import CPUSlices
-
-MODEL_FILE = "model.pt"
-OPTIMIZER_FILE = "optimizer.pt"
 
 
 class SingleDeviceStrategy(Strategy):

@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from gptforge.errors import CheckpointError
 from gptforge.models import GPT
 from gptforge.trainer import train
-from gptforge.trainer.pretrained import load_checkpoint
-from gptforge.trainer.strategies.consolidated import (
+from gptforge.trainer.checkpoint import (
     consolidate_checkpoint,
+    load_checkpoint,
     load_initial_weights,
     save_consolidated,
 )

@@ -1,6 +1,10 @@
-"""Trained models from and to files: a checkpoint ready for inference, HF model directories, LoRA adapters.
+"""Weights from and to files: a checkpoint consolidated to one safetensors file, the weights a run starts
+from (`trainer.init_from`), a checkpoint loaded for inference, HF model directories, LoRA adapter files.
 
-The file side of `gptforge.models.hf` and `gptforge.models.lora`, which map names and tensors only.
+The file side of `gptforge.models.hf` and `gptforge.models.lora`, which map names and tensors only. A
+consolidated file holds model weights only, in fp32 where the checkpoint has them (DeepSpeed's master
+weights); optimizer state, step, schedule and data position are left behind: a run started from it is a
+new run.
 """
 
 from __future__ import annotations
@@ -22,11 +26,8 @@ from gptforge.errors import CheckpointError, ConfigError
 from gptforge.models import GPT
 from gptforge.models.hf import from_hf, model_config_from_hf
 from gptforge.models.lora import apply_lora, load_lora_state_dict, lora_state_dict
-from gptforge.trainer.checkpoint import find_checkpoint, save_safetensors
-
-HF_PREFIX = "hf:"
-HF_WEIGHTS = "model.safetensors"
-LORA_FILE = "lora.safetensors"
+from gptforge.trainer.checkpoint.layout import CONFIG, HF_CONFIG, HF_PREFIX, HF_WEIGHTS, LORA_FILE
+from gptforge.trainer.checkpoint.store import find_checkpoint, save_safetensors
 
 
 @dataclass
@@ -41,14 +42,12 @@ class Pretrained:
 
 def read_config(directory: Path) -> Config:
     """The resolved `config.yaml` of a checkpoint, validated by the current schema."""
-    saved = OmegaConf.load(directory / "config.yaml")
+    saved = OmegaConf.load(directory / CONFIG)
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), saved))
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Pretrained:
     """Model (LoRA adapters included, unmerged), tokenizer and config of a checkpoint of any strategy."""
-    from gptforge.trainer.strategies.consolidated import consolidate_checkpoint
-
     directory = find_checkpoint(path)
     cfg = read_config(directory)
     model = GPT(cfg.model)
@@ -68,7 +67,7 @@ def read_hf_dir(directory: str | Path, weights: bool = True) -> tuple[dict, dict
     """`config.json` and the weights (unless `weights=False`) of a local HF model directory (safetensors,
     sharded or not, or .bin)."""
     directory = Path(directory)
-    config_path = directory / "config.json"
+    config_path = directory / HF_CONFIG
     if not config_path.is_file():
         raise CheckpointError(f"{directory} is not a Hugging Face model directory: it has no config.json")
     hf_config = json.loads(config_path.read_text())
@@ -92,7 +91,7 @@ def write_hf_dir(directory: str | Path, hf_config: dict, state: dict[str, torch.
     """Write `config.json` and `model.safetensors` (no `transformers` needed)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    (directory / HF_CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n")
     save_safetensors(state, directory / HF_WEIGHTS, {"format": "pt"})
 
 
@@ -220,3 +219,70 @@ def load_lora_adapters(model: nn.Module, path: str | Path) -> LoraConfig:
     apply_lora(model, cfg)
     load_lora_state_dict(model, load_file(str(path)))
     return cfg
+
+
+def consolidate_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The whole model's weights from a checkpoint of any strategy and world size, and metadata about it."""
+    from gptforge.trainer.strategies import strategy_class
+
+    directory = find_checkpoint(Path(path))  # verified against its manifest, newest valid first
+    cfg = OmegaConf.load(directory / CONFIG)
+    state = strategy_class(cfg.strategy.name).consolidate(directory)
+    metadata = {
+        "format": "pt",
+        "source": str(directory),
+        "strategy": cfg.strategy.name,
+        "model_config": json.dumps(OmegaConf.to_container(cfg.model)),
+    }
+    return _without_aliases(state), metadata
+
+
+def _without_aliases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # a tied weight (lm_head.weight is wte.weight) is stored once, under its first name: safetensors
+    # refuses shared tensors, and load_initial_weights restores the tie from the model itself
+    seen: set[int] = set()
+    unique = {}
+    for key, tensor in state.items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        unique[key] = tensor.detach().cpu().contiguous()
+    return unique
+
+
+def save_consolidated(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors(state, path, metadata)
+
+
+def load_initial_weights(model: nn.Module, path: str | Path) -> None:
+    """Copy weights into `model` from a consolidated .safetensors file, any checkpoint directory, or
+    `hf:<dir>`, a local Hugging Face GPT-2 / Llama model directory."""
+    if str(path).startswith(HF_PREFIX):
+        state = load_hf_weights(path, model.cfg)
+    elif Path(path).is_file():
+        state = load_file(str(path))
+    elif Path(path).is_dir():
+        state, _ = consolidate_checkpoint(Path(path))
+    else:
+        raise CheckpointError(f"trainer.init_from={path} does not exist")
+    missing, unexpected = _load(model, state, path)
+    names_of = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(param), []).append(name)
+    tied_ok = {name for names in names_of.values() if any(n in state for n in names) for name in names}
+    missing = [k for k in missing if k not in tied_ok]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"trainer.init_from={path} does not fit the model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}; build the same model.* as the run that saved it"
+        )
+
+
+def _load(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> tuple[list[str], list[str]]:
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        detail = " ".join(str(err).split("\n\t")[1:2]) or str(err).splitlines()[0]
+        raise CheckpointError(f"trainer.init_from={path} does not fit the model: {detail}") from err
+    return list(result.missing_keys), list(result.unexpected_keys)

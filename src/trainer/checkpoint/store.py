@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -25,17 +24,18 @@ from pathlib import Path
 import torch
 
 from gptforge.errors import CheckpointError
-
-MANIFEST = "manifest.json"
-TRAINER_STATE = "trainer_state.json"
-CONFIG = "config.yaml"
-LATEST = "latest"
-_STEP_DIR = re.compile(r"^step_(\d+)$")
-_PRUNED_PREFIX = ".pruned-"  # a checkpoint being deleted: out of the step_<N> namespace first
-
-
-def _step_of(directory: Path) -> int:
-    return int(_STEP_DIR.match(directory.name).group(1))
+from gptforge.trainer.checkpoint.layout import (
+    CONFIG,
+    LATEST,
+    MANIFEST,
+    PRUNED_PREFIX,
+    STEP_DIR,
+    TMP_PREFIX,
+    TRAINER_STATE,
+    rank_file,
+    step_dir,
+    step_of,
+)
 
 
 def _sha256(path: Path) -> str:
@@ -116,8 +116,8 @@ class Checkpointer:
         """Committed-looking checkpoint directories, newest first."""
         if not self.root.is_dir():
             return []
-        dirs = [p for p in self.root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
-        return sorted(dirs, key=_step_of, reverse=True)
+        dirs = [p for p in self.root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
+        return sorted(dirs, key=step_of, reverse=True)
 
     def latest_valid(self) -> Path | None:
         """The newest checkpoint that passes `verify`; broken ones are reported and skipped.
@@ -152,8 +152,8 @@ class Checkpointer:
         waits forever at a barrier; the partial directory is removed and earlier checkpoints stay as
         they were.
         """
-        final = self.root / f"step_{step}"
-        tmp = self.root / f".tmp-step_{step}"
+        final = step_dir(self.root, step)
+        tmp = self.root / f"{TMP_PREFIX}{final.name}"
         failure = _attempt(lambda: self._prepare(tmp)) if self.is_main else None
         self._raise_if_any(failure, tmp, f"creating {tmp.name} for checkpoint {final.name}")
         failure = _attempt(lambda: (write_shards(tmp), self.is_main and write_main(tmp)))
@@ -166,7 +166,7 @@ class Checkpointer:
     def _prepare(self, tmp: Path) -> None:
         if tmp.exists():
             shutil.rmtree(tmp)  # a partial save from a crashed run: never committed, safe to drop
-        for pruned in self.root.glob(f"{_PRUNED_PREFIX}*") if self.root.is_dir() else []:
+        for pruned in self.root.glob(f"{PRUNED_PREFIX}*") if self.root.is_dir() else []:
             shutil.rmtree(pruned)  # a prune cut short by a crash: the run already let it go
         tmp.mkdir(parents=True)
 
@@ -177,7 +177,7 @@ class Checkpointer:
             return
         self._valid.add(directory)
         if self.is_main:
-            for newer in [d for d in self.step_dirs() if _step_of(d) > _step_of(directory)]:
+            for newer in [d for d in self.step_dirs() if step_of(d) > step_of(directory)]:
                 self._set_aside(newer)
 
     def _set_aside(self, directory: Path) -> Path:
@@ -236,7 +236,7 @@ class Checkpointer:
                     self._valid.add(directory)
                 kept += 1
                 continue
-            doomed = directory.with_name(_PRUNED_PREFIX + directory.name)
+            doomed = directory.with_name(PRUNED_PREFIX + directory.name)
             os.replace(directory, doomed)
             self._valid.discard(directory)
             shutil.rmtree(doomed)
@@ -302,11 +302,11 @@ def save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[
 
 
 def save_rank_state(directory: Path, rank: int, state: dict) -> None:
-    torch.save(state, directory / f"rank_{rank}.pt")
+    torch.save(state, rank_file(directory, rank))
 
 
 def load_rank_state(directory: Path, rank: int) -> dict:
-    path = directory / f"rank_{rank}.pt"
+    path = rank_file(directory, rank)
     if not path.is_file():
         raise CheckpointError(f"{directory} has no state for rank {rank}; it was saved with fewer ranks")
     return torch.load(path, map_location="cpu", weights_only=False)
