@@ -21,11 +21,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from gptforge.cli import check_group_lists, console_to_log, one_line_errors, run_cli
+from gptforge.compose import CONFIG_DIR, compose_dict
 from gptforge.config import Config, register_configs
 from gptforge.trainer import train
 from gptforge.trainer.build import dry_run
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DRY_RUN = re.compile(r"^\+{0,2}dry_run=(true|True|1|yes)$")
 
 register_configs()
@@ -56,15 +56,7 @@ def plan_only(cfg: DictConfig) -> None:
 
 def main_dry_run(overrides: list[str]) -> None:
     """Compose as @hydra.main would, without creating the run directory, then print the plan."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)  # lets ${hydra:...} resolve
-        with open_dict(cfg):
-            del cfg["hydra"]
-        plan_only(cfg)
+    plan_only(compose_dict(overrides))
 
 
 def entry() -> None:

@@ -8,14 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
 
+from gptforge.compose import CONFIG_DIR, compose  # noqa: F401 - CONFIG_DIR for the tests
 from gptforge.config import Config, register_configs
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "configs"
 
 register_configs()
 
@@ -34,16 +31,7 @@ TINY = [
 
 def compose_config(overrides: list[str] | None = None) -> Config:
     """The validated `Config` that `scripts/train.py <overrides>` would run."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides or []), return_hydra_config=True)
-        return OmegaConf.to_object(_without_hydra(cfg))
-
-
-def _without_hydra(cfg):
-    HydraConfig.instance().set_config(cfg)  # what @hydra.main does: lets ${hydra:...} resolve
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose(overrides)
 
 
 def run_script(script: str, *args: str, cwd: Path = ROOT, env: dict | None = None, timeout: float = 600):
