@@ -18,6 +18,7 @@ from gptforge.eval.evaluator import build_task_evaluator
 from gptforge.models import GPT
 from gptforge.models.lora import apply_lora
 from gptforge.trainer import checkpoint as ckpt
+from gptforge.trainer.callbacks import Callback
 from gptforge.trainer.checkpoint import load_initial_weights
 from gptforge.trainer.devices import precision_name, resolve_precision
 from gptforge.trainer.lock import RunDirectoryLock
@@ -73,8 +74,11 @@ def corpus_tokenizer(plan: RunPlan, strategy: Strategy) -> tuple[RunPlan, Tokeni
     return replace(plan, cfg=replace(cfg, model=model), tokenizer=tokenizer), tokenizer
 
 
-def build_trainer(cfg: Config, run_dir: Path, strategy: Strategy | None = None) -> Trainer:
-    """Tokenizer, data, model and strategy for `cfg`, wired into a Trainer writing to `run_dir`.
+def build_trainer(
+    cfg: Config, run_dir: Path, strategy: Strategy | None = None, callbacks: list[Callback] | None = None
+) -> Trainer:
+    """Tokenizer, data, model and strategy for `cfg`, wired into a Trainer writing to `run_dir`;
+    `callbacks` go after the run's own (`default_callbacks`: loggers, LoRA export, injected faults).
 
     Everything is checked (`plan_run`, then the data as it opens) before an earlier run is moved aside
     or anything is written to the run directory.
@@ -99,12 +103,14 @@ def build_trainer(cfg: Config, run_dir: Path, strategy: Strategy | None = None) 
     task_evaluator = build_task_evaluator(cfg.eval, tokenizer, cfg.model.block_size, cfg.data)
     lock = lock_run_dir(run_dir, strategy)  # everything is checked: from here on the run directory is ours
     try:
-        return _build_model_and_trainer(
+        trainer = _build_model_and_trainer(
             plan, strategy, tokenizer, train_loader, make_val_batches, task_evaluator, lock
         )
     except BaseException:
         lock.release()
         raise
+    trainer.callbacks.extend(callbacks or [])
+    return trainer
 
 
 def lock_run_dir(run_dir: Path, strategy: Strategy) -> RunDirectoryLock:
@@ -192,9 +198,9 @@ def dry_run(cfg: Config, run_dir: Path) -> RunSummary:
     return summary
 
 
-def train(cfg: Config, run_dir: Path | None = None) -> dict:
+def train(cfg: Config, run_dir: Path | None = None, callbacks: list[Callback] | None = None) -> dict:
     """Build and fit one run; prints a sample at the end when `trainer.sample_tokens` is set."""
-    trainer = build_trainer(cfg, Path(run_dir or cfg.out_dir))
+    trainer = build_trainer(cfg, Path(run_dir or cfg.out_dir), callbacks=callbacks)
     try:
         metrics = trainer.fit()
         if cfg.trainer.sample_tokens and metrics:

@@ -13,19 +13,12 @@
 
 from __future__ import annotations
 
-import functools
 import math
-import os
-import time
 from collections import deque
 
 from gptforge.config import TrainerConfig
 from gptforge.errors import GptforgeError
 from gptforge.preemption import PREEMPTED_EXIT_CODE
-
-INJECT_ENV = "GPTFORGE_INJECT_NONFINITE"  # "<step>:<rank>" makes that rank's gradients inf (tests)
-# "<step>:<rank>:<seconds>" makes that rank sleep inside that step, on torchrun's first attempt only (tests)
-INJECT_HANG_ENV = "GPTFORGE_INJECT_HANG"
 
 
 class TrainingStopped(GptforgeError):
@@ -78,6 +71,15 @@ class StepGuard:
         std = math.sqrt(sum((x - mean) ** 2 for x in self.recent_losses) / len(self.recent_losses))
         return loss > mean + self.cfg.spike_threshold * std
 
+    def state_dict(self) -> dict:
+        """The window and counter, kept in the checkpoint: a resumed run judges spikes as the straight one."""
+        return {"consecutive_skips": self.consecutive_skips, "recent_losses": list(self.recent_losses)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.consecutive_skips = state["consecutive_skips"]
+        self.recent_losses.clear()
+        self.recent_losses.extend(state["recent_losses"][-self.recent_losses.maxlen :])
+
     def after_step(self, step: int, loss: float | None, stepped: bool, spike: bool) -> None:
         """Record the outcome of `step`; raises TrainingStopped when the policy says stop."""
         if stepped:
@@ -94,30 +96,3 @@ class StepGuard:
                 "stopped with a checkpoint of the last good state — lower optim.lr or raise "
                 "trainer.max_consecutive_skips, then run the same command to resume"
             )
-
-
-def injected_loss_scale(step: int, rank: int) -> float:
-    """inf on the rank and step named by GPTFORGE_INJECT_NONFINITE (fault-injection tests), else 1."""
-    target = os.environ.get(INJECT_ENV)
-    if not target:
-        return 1.0
-    inject_step, inject_rank = (int(part) for part in target.split(":"))
-    return math.inf if (step, rank) == (inject_step, inject_rank) else 1.0
-
-
-@functools.cache
-def _hang_target() -> tuple[int, int, float] | None:
-    target = os.environ.get(INJECT_HANG_ENV)
-    if not target:
-        return None
-    step, rank, seconds = target.split(":")
-    return int(step), int(rank), float(seconds)
-
-
-def inject_hang(step: int, rank: int) -> None:
-    """Sleep on the rank and step named by GPTFORGE_INJECT_HANG (hang tests); steps count as INJECT_ENV's."""
-    target = _hang_target()
-    # a torchrun restart redoes the steps after the last checkpoint: the fault must not follow it there
-    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-    if target and first_attempt and (step, rank) == target[:2]:
-        time.sleep(target[2])

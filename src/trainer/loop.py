@@ -14,16 +14,9 @@ from gptforge.eval.loss import loss_sums, perplexity
 from gptforge.models import generate
 from gptforge.preemption import PreemptionWatcher, watch_for_preemption
 from gptforge.trainer import checkpoint as ckpt
-from gptforge.trainer.checkpoint import save_lora_adapters
-from gptforge.trainer.faults import (
-    Preempted,
-    StepGuard,
-    TrainingStopped,
-    inject_hang,
-    injected_loss_scale,
-)
+from gptforge.trainer.callbacks import Callback, default_callbacks
+from gptforge.trainer.faults import Preempted, StepGuard, TrainingStopped
 from gptforge.trainer.lock import RunDirectoryLock
-from gptforge.trainer.loggers import Loggers, build_loggers
 from gptforge.trainer.metrics import ThroughputMeter, peak_flops_per_sec
 from gptforge.trainer.plan import RunPlan
 from gptforge.trainer.profiler import StepProfiler
@@ -55,6 +48,7 @@ class Trainer:
         flops_per_token: int,
         task_evaluator: TaskEvaluator | None = None,
         run_lock: RunDirectoryLock | None = None,
+        callbacks: list[Callback] | None = None,
     ) -> None:
         cfg = plan.cfg
         self.plan = plan
@@ -84,9 +78,11 @@ class Trainer:
         self.meter = ThroughputMeter(flops_per_token, peak, strategy.world_size)
         self.profiler = StepProfiler(self.tcfg, self.run_dir / "profile", strategy.rank, strategy.device)
         self.guard = StepGuard(self.tcfg)
+        self.callbacks = default_callbacks(cfg) if callbacks is None else callbacks
         self.step = 0
         self.tokens_seen = 0
-        self.loggers: Loggers | None = None
+        self.saved_step: int | None = None  # the step of the checkpoint this process last wrote or resumed
+        self.step_loss_scale = 1.0  # set by callbacks in on_step_start (fault injection), for one step
 
     def fit(self, preemption: PreemptionWatcher | None = None) -> dict:
         """Train to `trainer.max_steps` (resuming if a checkpoint exists); returns the last metrics.
@@ -103,8 +99,7 @@ class Trainer:
             if self.strategy.is_main:
                 print(finished_message(self.run_dir, self.step, self.tcfg.max_steps), flush=True)
             return {}
-        if self.strategy.is_main:
-            self.loggers = build_loggers(self.cfg, self.summary())
+        self._call("on_fit_start")
         last: dict = {}
         self.meter.reset()
         self.profiler.start()
@@ -122,8 +117,7 @@ class Trainer:
             self.save()
         finally:
             self.profiler.close()
-            if self.loggers is not None:
-                self.loggers.close()
+            self._call("on_fit_end")
         return last
 
     def run_step(self) -> dict:
@@ -153,8 +147,9 @@ class Trainer:
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step over `grad_accum_steps` micro-batches; returns loss and grad norm tensors."""
         lr = self.schedule(self.step)
-        inject_hang(self.step, self.strategy.rank)
-        loss_scale = injected_loss_scale(self.step, self.strategy.rank) / self.grad_accum_steps
+        self.step_loss_scale = 1.0
+        self._call("on_step_start")
+        loss_scale = self.step_loss_scale / self.grad_accum_steps
         loss_sum = torch.zeros((), device=self.strategy.device)
         for micro in range(self.grad_accum_steps):
             with self.meter.data_wait():
@@ -217,14 +212,15 @@ class Trainer:
         return record
 
     def save(self) -> None:
+        """Checkpoint this step, once: a run ending or preempted right after a due save writes no second."""
+        if self.saved_step == self.step:
+            return
+
         def write_shards(directory: Path) -> None:
             self.strategy.save(directory)
             rank_state = {"rng": ckpt.capture_rng(), "data": self.train_loader.state_dict()}
             ckpt.save_rank_state(directory, self.strategy.rank, rank_state)
-            if self.cfg.model.lora.rank:  # the adapters alone too, for sharing and for export
-                state = self.strategy.full_model_state_dict()  # a collective on sharded strategies
-                if self.strategy.is_main:
-                    save_lora_adapters(state, directory, self.cfg.model.lora)
+            self._call("on_save", directory)
 
         def write_main(directory: Path) -> None:
             state = {
@@ -233,12 +229,15 @@ class Trainer:
                 "world_size": self.strategy.world_size,
                 "global_batch_size": self.train_loader.global_batch_size,
                 "config_hash": self.config_hash,
+                "step_guard": self.guard.state_dict(),  # the same on every rank: it judges the global loss
+                "callbacks": {cb.name: cb.state_dict() for cb in self.callbacks if cb.name},
             }
             ckpt.write_trainer_state(directory, state)
             ckpt.save_run_files(directory, self.cfg, self.tokenizer)
 
         with self.meter.paused():  # nor is writing a checkpoint
             self.checkpointer.save(self.step, write_shards, write_main)
+        self.saved_step = self.step
 
     def resume(self) -> None:
         """Continue from `resume_from`, the checkpoint `trainer.resume=auto` found (None: start fresh)."""
@@ -248,6 +247,12 @@ class Trainer:
         self.strategy.load(directory)
         state = ckpt.read_trainer_state(directory)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.saved_step = self.step
+        if "step_guard" in state:  # checkpoints of earlier versions start with an empty window
+            self.guard.load_state_dict(state["step_guard"])
+        for callback in self.callbacks:
+            if callback.name in state.get("callbacks", {}):
+                callback.load_state_dict(state["callbacks"][callback.name])
         same_ranks = state.get("world_size", 1) == self.strategy.world_size
         # another world size only resumes data whose position is the same on every rank (checked before)
         rank_state = ckpt.load_rank_state(directory, self.strategy.rank if same_ranks else 0)
@@ -289,5 +294,8 @@ class Trainer:
         )
 
     def _emit(self, record: dict) -> None:
-        if self.loggers is not None:
-            self.loggers.log(record)
+        self._call("on_record", record)
+
+    def _call(self, hook: str, *args: object) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)

@@ -23,7 +23,7 @@ from launch_utils import (
 )
 
 from gptforge.preemption import PREEMPTED_EXIT_CODE
-from gptforge.trainer.faults import INJECT_ENV
+from gptforge.trainer.callbacks import INJECT_ENV
 
 pytestmark = pytest.mark.multiprocess
 

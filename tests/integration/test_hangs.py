@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from launch_utils import ROOT, TINY_RUN, check, env, torchrun, torchrun_command, train_losses
 
-from gptforge.trainer.faults import INJECT_HANG_ENV
+from gptforge.trainer.callbacks import INJECT_HANG_ENV
 from gptforge.trainer.strategies.distributed import collective_failure
 
 # 10 s: a whole 12-step run passes with timeout_s=3 on the loaded 2-core test machine (start-up, DDP's

@@ -16,7 +16,8 @@ from conftest import ROOT, TINY, run_script
 from gptforge.config import TrainerConfig
 from gptforge.preemption import PREEMPTED_EXIT_CODE
 from gptforge.trainer import train
-from gptforge.trainer.faults import INJECT_ENV, StepGuard, TrainingStopped
+from gptforge.trainer.callbacks import INJECT_ENV
+from gptforge.trainer.faults import StepGuard, TrainingStopped
 
 FAULT_RUN = [
     "trainer.max_steps=8",
@@ -70,6 +71,32 @@ def test_loss_spikes_are_detected_against_the_recent_window() -> None:
         guard.after_step(step, loss, stepped=True, spike=False)
     assert not guard.is_spike(2.1)
     assert guard.is_spike(3.0)
+
+
+def test_a_resumed_run_skips_the_same_spikes_as_the_straight_one(tiny_config, tmp_path: Path) -> None:
+    # a threshold this low makes spikes frequent right after the restart at step 15 (steps 17-22 here):
+    # a resume that forgot the window would step through them (it needs half a window of history)
+    spiky = ["trainer.log_every=1", "trainer.eval_every=0", "trainer.spike_threshold=0.01"]
+    spiky += ["trainer.spike_window=6", "trainer.spike_policy=skip", "scheduler=constant"]
+    spiky += ["scheduler.warmup_steps=1", "optim.lr=0.01", "trainer.checkpoint_every=15"]
+
+    def run(name: str, steps: int) -> Path:
+        cfg = tiny_config(*spiky, f"trainer.max_steps={steps}", f"out_dir={tmp_path / name}")
+        train(cfg, Path(cfg.out_dir))
+        return Path(cfg.out_dir)
+
+    straight = records(run("straight", 24))
+    run("resumed", 15)
+    resumed = records(run("resumed", 24))
+
+    def after_restart(log: list[dict]) -> list[dict]:
+        return [r for r in log if r["step"] > 15 and ("loss" in r or "event" in r)]
+
+    spikes = [r["step"] for r in after_restart(straight) if r.get("event") == "loss_spike"]
+    assert any(step <= 18 for step in spikes)  # within the half window a forgetful resume would miss
+    assert [{k: r[k] for k in ("step", "loss", "event") if k in r} for r in after_restart(resumed)] == [
+        {k: r[k] for k in ("step", "loss", "event") if k in r} for r in after_restart(straight)
+    ]
 
 
 def test_too_many_skipped_steps_in_a_row_stop_the_run() -> None:
