@@ -329,8 +329,7 @@ class StrategyConfig:
     dp_replicate: int = 1  # data-parallel replicas (fsdp: >1 is HSDP, shards replicated across groups)
     dp_shard: int = -1  # data-parallel ranks that shard the weights; -1: the world size over the others
     tp: int = 1  # tensor-parallel ranks (fsdp): heads and MLP columns split, norms sequence-parallel
-    pp: int = 1  # pipeline stages (fsdp): blocks split into pp stages, micro-batches from accumulation
-    pp_schedule: str = "1f1b"  # pipeline schedule: 1f1b (needs >= pp micro-batches per step) or gpipe
+    pp: int = 1  # pipeline stages: part of the mesh, not implemented by any strategy yet (must be 1)
     loss_parallel: bool = False  # tp: cross-entropy on vocabulary-sharded logits (never gathers them whole)
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific keys passed through unchanged
 
@@ -348,7 +347,6 @@ class StrategyConfig:
                 f"strategy.dp_shard={self.dp_shard} is not valid; it must be -1 (the ranks the other "
                 "dimensions leave) or > 0"
             )
-        _choice("strategy.pp_schedule", self.pp_schedule, ("1f1b", "gpipe"))
 
 
 @dataclass

@@ -117,13 +117,16 @@ class Strategy(ABC):
                 f"trainer.spike_policy=skip is not supported with {cls.describe(cfg.strategy)}: its engine "
                 "steps as soon as gradients are reduced; use spike_policy=log"
             )
-        for dim, what in (("tp", "tensor"), ("pp", "pipeline")):
-            size = getattr(cfg.strategy, dim)
-            if size > 1 and dim not in cls.parallel_dims:
-                raise ConfigError(
-                    f"strategy.{dim}={size} ({what} parallelism) is not supported with "
-                    f"{cls.describe(cfg.strategy)}; use strategy=fsdp for it, or strategy.{dim}=1"
-                )
+        if cfg.strategy.tp > 1 and "tp" not in cls.parallel_dims:
+            raise ConfigError(
+                f"strategy.tp={cfg.strategy.tp} (tensor parallelism) is not supported with "
+                f"{cls.describe(cfg.strategy)}; use strategy=fsdp for it, or strategy.tp=1"
+            )
+        if cfg.strategy.pp > 1 and "pp" not in cls.parallel_dims:
+            raise ConfigError(
+                f"strategy.pp={cfg.strategy.pp}: pipeline parallelism is not implemented yet "
+                "(docs/SCALING.md); use strategy.pp=1 and shard with strategy=fsdp strategy.tp=N"
+            )
 
     @classmethod
     def check_plan(cls, cfg: Config, mesh: MeshShape, grad_accum_steps: int) -> None:
