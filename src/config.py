@@ -325,6 +325,12 @@ class StrategyConfig:
     zero_stage: int | None = None  # deepspeed only: ZeRO stage 1, 2 or 3
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     reshard_after_forward: bool = True  # fsdp: free gathered weights after forward (False: keep, ZeRO-2-like)
+    # the device mesh: dp_replicate x dp_shard x tp x pp ranks = the world size (see strategies/mesh.py)
+    dp_replicate: int = 1  # data-parallel replicas (fsdp: >1 is HSDP, shards replicated across groups)
+    dp_shard: int = -1  # data-parallel ranks that shard the weights; -1: the world size over the others
+    tp: int = 1  # tensor-parallel ranks (fsdp): heads and MLP columns split, norms sequence-parallel
+    pp: int = 1  # pipeline stages: part of the mesh, not implemented by any strategy yet (must be 1)
+    loss_parallel: bool = False  # tp: cross-entropy on vocabulary-sharded logits (never gathers them whole)
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific keys passed through unchanged
 
     def __post_init__(self) -> None:
@@ -334,6 +340,13 @@ class StrategyConfig:
         _choice("strategy.name", self.name, ("auto", *STRATEGIES))
         _choice("strategy.backend", self.backend, ("auto", "nccl", "gloo"))
         _positive("strategy.timeout_s", self.timeout_s)
+        for key in ("dp_replicate", "tp", "pp"):
+            _positive(f"strategy.{key}", getattr(self, key))
+        if self.dp_shard != -1 and self.dp_shard < 1:
+            raise ConfigError(
+                f"strategy.dp_shard={self.dp_shard} is not valid; it must be -1 (the ranks the other "
+                "dimensions leave) or > 0"
+            )
 
 
 @dataclass

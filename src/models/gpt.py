@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -45,18 +47,39 @@ class GPT(nn.Module):
         if self.cfg.tie_embeddings:
             # tied here, not only in __init__: to_empty() gives each module its own copy of a shared weight
             self.lm_head.weight = self.wte.weight
+        for name, fill in self.parameter_init():
+            fill(self.get_parameter(name))
+        self.reset_buffers()
+
+    def parameter_init(self) -> list[tuple[str, Callable[[torch.Tensor], None]]]:
+        """(parameter name, the fill that initialises a tensor of its full shape), in the order
+        `reset_parameters` draws them from the RNG: replaying the fills in order on tensors of those shapes
+        gives the same weights, whatever holds them (a sharded strategy fills one full tensor at a time).
+
+        With tied embeddings `wte.weight` and `lm_head.weight` both appear; the later fill is the one kept.
+        """
         residual_std = self.cfg.init_std / math.sqrt(2 * self.cfg.n_layer)
+        plan: list[tuple[str, Callable[[torch.Tensor], None]]] = []
         for name, module in self.named_modules():
+            prefix = f"{name}." if name else ""
             if isinstance(module, nn.Linear):
                 # every module named `proj` writes into the residual stream, once per attention and MLP
                 std = residual_std if name.endswith(".proj") else self.cfg.init_std
-                nn.init.normal_(module.weight, mean=0.0, std=std)
+                plan.append((f"{prefix}weight", partial(nn.init.normal_, mean=0.0, std=std)))
                 if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+                    plan.append((f"{prefix}bias", nn.init.zeros_))
             elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+                plan.append((f"{prefix}weight", partial(nn.init.normal_, mean=0.0, std=self.cfg.init_std)))
             elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
-                module.reset_parameters()
+                if module.weight is not None:
+                    plan.append((f"{prefix}weight", nn.init.ones_))
+                if getattr(module, "bias", None) is not None:
+                    plan.append((f"{prefix}bias", nn.init.zeros_))
+        return plan
+
+    @torch.no_grad()
+    def reset_buffers(self) -> None:
+        """Fill the RoPE tables (derived from the config, never saved)."""
         if self.wpe is None:
             cfg = self.cfg
             cos, sin = rope_cache(cfg.head_dim, cfg.block_size, cfg.rope_theta, device=self.rope_cos.device)

@@ -8,7 +8,7 @@ adapters' own.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ class LoRALinear(nn.Linear):
         self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, **factory))
         # B starts at zero so the adapted model starts as the base model
         self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, **factory))
-        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        init_lora_a(self.lora_a)
         self.scaling = alpha / rank
         self.lora_dropout = nn.Dropout(dropout)
 
@@ -51,6 +51,20 @@ class LoRALinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rank={self.lora_a.size(0)}, scaling={self.scaling:g}"
+
+
+def init_lora_a(tensor: torch.Tensor) -> None:
+    """A's initialisation (B's is zeros): nn.Linear's default, as in the LoRA paper's code."""
+    nn.init.kaiming_uniform_(tensor, a=math.sqrt(5))
+
+
+def lora_parameter_init(model: nn.Module) -> list[tuple[str, Callable[[torch.Tensor], None]]]:
+    """(adapter parameter name, its fill), in the order `apply_lora` draws them from the RNG."""
+    plan: list[tuple[str, Callable[[torch.Tensor], None]]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            plan += [(f"{name}.lora_a", init_lora_a), (f"{name}.lora_b", nn.init.zeros_)]
+    return plan
 
 
 def _targeted(name: str, targets: list[str]) -> bool:

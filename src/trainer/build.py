@@ -16,11 +16,12 @@ from gptforge.data.tokenizers import ByteTokenizer
 from gptforge.errors import ConfigError, GptforgeError
 from gptforge.eval.evaluator import build_task_evaluator
 from gptforge.models import GPT
-from gptforge.models.lora import apply_lora
+from gptforge.models.lora import apply_lora, lora_parameter_init
 from gptforge.trainer import checkpoint as ckpt
 from gptforge.trainer.callbacks import Callback
 from gptforge.trainer.checkpoint import load_initial_weights
 from gptforge.trainer.devices import precision_name, resolve_precision
+from gptforge.trainer.initial_weights import full_tensor_groups
 from gptforge.trainer.lock import RunDirectoryLock
 from gptforge.trainer.loop import Trainer, finished_message
 from gptforge.trainer.metrics import peak_flops_per_sec
@@ -94,8 +95,8 @@ def build_trainer(
         cfg.model.block_size,
         tcfg.micro_batch_size,
         plan.grad_accum_steps,
-        strategy.rank,
-        strategy.world_size,
+        strategy.data_parallel_rank,  # tp and pp peers train on the same share of the batch
+        strategy.data_parallel_size,
         cfg.seed,
         tcfg.eval_batches,
     )
@@ -140,14 +141,34 @@ def _build_model_and_trainer(
     prepare_run_dir(cfg, run_dir, strategy.is_main)
     strategy.barrier()
 
-    seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = GPT(cfg.model)
-    if plan.init is not None:  # before the strategy shards it
-        load_initial_weights(model, plan.init.weights)
+    on_meta = strategy.init_device == "meta"  # no weights yet: the strategy fills each rank's part below
+    with torch.device(strategy.init_device):
+        model = GPT(cfg.model)
+    seed_everything(cfg.seed)  # the same initial weights on every rank, and on every strategy and mesh:
+    if not on_meta:  # the draws of parameter_init() from the seed alone, as a meta build replays them
+        model.reset_parameters()
+    base_fills = model.parameter_init()
+    init_state = None
+    if plan.init is not None and (strategy.is_main or not on_meta):  # before the strategy shards it
+        init_state = load_initial_weights(model, plan.init.weights)  # on meta: checked only
+    # adapters are drawn from the seed afresh, so that they are the same whether or not the base
+    # weights were drawn (a meta build with init_from skips drawing them)
+    seed_everything(cfg.seed)
     apply_lora(model, cfg.model.lora)  # freezes the base weights when model.lora.rank > 0
+    base_groups = full_tensor_groups(model, base_fills)  # drawn lazily, after the model is sharded
+    lora_groups = full_tensor_groups(model, lora_parameter_init(model))
     flops_per_token = model.flops_per_token()
     layout = StepLayout(tcfg.micro_batch_size, plan.grad_accum_steps, tcfg.grad_clip, tcfg.compile)
     strategy.setup(model, cfg.optim, layout)
+    if on_meta:
+        seed_everything(cfg.seed)  # as before reset_parameters() above
+        if plan.init is None:
+            strategy.load_full_weights(base_groups)
+        else:  # rank 0 alone holds the file's weights; each rank receives its part
+            strategy.load_full_weights([init_state or {}], from_rank0=True)
+        init_state = None
+        seed_everything(cfg.seed)
+        strategy.load_full_weights(lora_groups)
     seed_everything(cfg.seed + strategy.rank)  # dropout differs across ranks, as it should
     strategy.barrier()  # every rank has read the run directory: now it may change
     if strategy.is_main:  # only now: a start refused above leaves the run directory as it was
@@ -166,7 +187,7 @@ def dry_run(cfg: Config, run_dir: Path) -> RunSummary:
         cfg.trainer.micro_batch_size,
         plan.grad_accum_steps,
         0,
-        plan.world.world_size,
+        plan.mesh.data_parallel_size,
         cfg.seed,
     )
     # the data opens (and text is counted) with the run's tokenizer; one still to be trained is stood in

@@ -67,6 +67,9 @@ def estimate_memory(
 
     backend = strategy_class(resolve_strategy_name(cfg.strategy.name, world_size))
     weight_shards, grad_shards, optim_shards = backend.model_state_shards(cfg.strategy, world_size)
+    # tensor parallelism splits every saved activation by heads, MLP columns or (norms, residual
+    # stream) sequence; the logits only with loss parallel
+    tp = cfg.strategy.tp if "tp" in backend.parallel_dims else 1
     tokens = trainer.micro_batch_size * model.block_size
     if cfg.strategy.activation_checkpointing:
         # each block keeps only its input; one block's activations live again while it recomputes
@@ -74,9 +77,11 @@ def estimate_memory(
     else:
         layers = model.n_layer * saved_per_token_per_layer(model)
     embeddings_and_final_norm = 3 * model.n_embd
-    activations = tokens * (layers + embeddings_and_final_norm) * activation_bytes
+    activations = tokens * (layers + embeddings_and_final_norm) * activation_bytes / tp
     # logits in the compute dtype, their fp32 copy and log-softmax's fp32 output (what backward keeps)
-    loss = tokens * model.vocab_size * (activation_bytes + 2 * FP32)
+    loss = (
+        tokens * model.vocab_size * (activation_bytes + 2 * FP32) / (tp if cfg.strategy.loss_parallel else 1)
+    )
     return MemoryEstimate(
         parameters=total_params * FP32 / weight_shards,
         gradients=trainable_params * FP32 / grad_shards,

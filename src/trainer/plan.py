@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,8 @@ from gptforge.trainer.checkpoint import InitSource, adopt_architecture, read_con
 from gptforge.trainer.devices import local_world_size, resolve_device
 from gptforge.trainer.loggers import check_logger_packages
 from gptforge.trainer.resume import check_resume, find_resume_checkpoint
-from gptforge.trainer.strategies import resolve_strategy_name
+from gptforge.trainer.strategies import resolve_strategy_name, strategy_class
+from gptforge.trainer.strategies.mesh import MeshShape, resolve_mesh
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class RunPlan:
     resume_from: Path | None  # the checkpoint this start continues (None: a fresh start)
     init: InitSource | None  # the weights a fresh start loads (None: random initialisation)
     tokenizer: Tokenizer | None  # None: tokenizer=bpe without a path, trained on the corpus at build
+    mesh: MeshShape = field(default_factory=MeshShape)  # the ranks along pp, dp_replicate, dp_shard, tp
 
     @property
     def tokens_per_step(self) -> int:
@@ -67,7 +69,7 @@ class RunPlan:
         return (
             trainer.micro_batch_size
             * self.grad_accum_steps
-            * self.world.world_size
+            * self.mesh.data_parallel_size
             * self.cfg.model.block_size
         )
 
@@ -115,7 +117,9 @@ def plan_run(cfg: Config, run_dir: Path, world: World | None = None) -> RunPlan:
     device = resolve_device(cfg.trainer.device, world.local_rank, world.local_world_size)
     check_fine_tuning(cfg)
     check_logger_packages(cfg.logger)
-    accum = grad_accum_steps(cfg.trainer.micro_batch_size, cfg.trainer.global_batch_size, world.world_size)
+    mesh = resolve_mesh(cfg.strategy, world.world_size)  # one line naming the keys if they do not fit
+    data_ranks = mesh.data_parallel_size  # tp and pp peers share one replica's batch
+    accum = grad_accum_steps(cfg.trainer.micro_batch_size, cfg.trainer.global_batch_size, data_ranks)
     resume_from = find_resume_checkpoint(cfg, run_dir, world.rank == 0)
 
     init = None
@@ -131,9 +135,10 @@ def plan_run(cfg: Config, run_dir: Path, world: World | None = None) -> RunPlan:
         cfg.model, vocab_size=resolve_vocab_size(cfg.model.vocab_size, vocab, cfg.model.vocab_multiple)
     )
     cfg = replace(cfg, model=model)
-    cfg = _resolve_length(cfg, accum, world.world_size)
+    cfg = _resolve_length(cfg, accum, data_ranks)
+    strategy_class(cfg.strategy.name).check_plan(cfg, mesh, accum)
     check_resume(cfg, run_dir, resume_from, world.world_size, world.rank == 0)
-    return RunPlan(cfg, run_dir, world, device, accum, resume_from, init, tokenizer)
+    return RunPlan(cfg, run_dir, world, device, accum, resume_from, init, tokenizer, mesh)
 
 
 def _adopt(cfg: Config, saved: Config) -> Config:
@@ -172,11 +177,11 @@ def _plan_tokenizer(cfg: Config, run_dir: Path, init: InitSource | None) -> Toke
     return build_data_tokenizer(cfg.data, cfg.tokenizer)
 
 
-def _resolve_length(cfg: Config, accum: int, world_size: int) -> Config:
+def _resolve_length(cfg: Config, accum: int, data_ranks: int) -> Config:
     """max_steps from `trainer.max_tokens` when set, and a warm-up shorter than the run."""
     trainer = cfg.trainer
     if trainer.max_tokens is not None:
-        tokens_per_step = trainer.micro_batch_size * accum * world_size * cfg.model.block_size
+        tokens_per_step = trainer.micro_batch_size * accum * data_ranks * cfg.model.block_size
         cfg = replace(
             cfg, trainer=replace(trainer, max_steps=math.ceil(trainer.max_tokens / tokens_per_step))
         )

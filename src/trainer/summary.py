@@ -31,6 +31,7 @@ class RunSummary:
     grad_accum_steps: int
     block_size: int
     world_size: int
+    data_parallel_size: int  # ranks that read different data (world size over tp and pp)
     strategy: str
     precision: str
     device: str
@@ -57,9 +58,10 @@ class RunSummary:
         params = f"{_si(self.params_total)} total, {_si(self.params_non_embedding)} non-embedding"
         if self.params_trainable != self.params_total:
             params += f", {_si(self.params_trainable)} trainable"
+        ranks = "ranks" if self.data_parallel_size == self.world_size else "data-parallel ranks"
         batch = (
             f"{self.micro_batch_size} sequences x {self.grad_accum_steps} accumulation x "
-            f"{self.world_size} ranks x {self.block_size} tokens"
+            f"{self.data_parallel_size} {ranks} x {self.block_size} tokens"
         )
         peak = "n/a (MFU not reported; set trainer.peak_flops_per_sec to get it)"
         if self.peak_flops_per_sec:
@@ -153,6 +155,7 @@ def describe_run(
         grad_accum_steps=plan.grad_accum_steps,
         block_size=cfg.model.block_size,
         world_size=plan.world.world_size,
+        data_parallel_size=plan.mesh.data_parallel_size,
         strategy=describe_strategy(cfg),
         precision=precision,
         device=describe_device(plan.device),

@@ -255,9 +255,12 @@ def save_consolidated(state: dict[str, torch.Tensor], path: Path, metadata: dict
     save_safetensors(state, path, metadata)
 
 
-def load_initial_weights(model: nn.Module, path: str | Path) -> None:
+def load_initial_weights(model: nn.Module, path: str | Path) -> dict[str, torch.Tensor]:
     """Copy weights into `model` from a consolidated .safetensors file, any checkpoint directory, or
-    `hf:<dir>`, a local Hugging Face GPT-2 / Llama model directory."""
+    `hf:<dir>`, a local Hugging Face GPT-2 / Llama model directory; returns them as read.
+
+    A model on the meta device is only checked against them (names and shapes): a sharded strategy then
+    spreads the returned state over its ranks."""
     if str(path).startswith(HF_PREFIX):
         state = load_hf_weights(path, model.cfg)
     elif Path(path).is_file():
@@ -277,6 +280,7 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> None:
             f"trainer.init_from={path} does not fit the model: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}; build the same model.* as the run that saved it"
         )
+    return state
 
 
 def _load(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> tuple[list[str], list[str]]:

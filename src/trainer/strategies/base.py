@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -21,6 +22,7 @@ from gptforge.trainer.devices import (
     resolve_device,
     resolve_precision,
 )
+from gptforge.trainer.strategies.mesh import MeshShape, resolve_mesh
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:
@@ -75,12 +77,17 @@ class Strategy(ABC):
     takes_zero_stage: ClassVar[bool] = False  # strategy.zero_stage means something (DeepSpeed)
     # no rank holds the whole model: every rank must make the same forward calls (evaluation, sampling)
     shards_parameters: bool = False
+    # mesh dimensions (strategies/mesh.py) this backend can spread over; tp and pp need strategy=fsdp
+    parallel_dims: ClassVar[frozenset[str]] = frozenset({"dp_replicate", "dp_shard"})
+    # the device the model is built on: "meta" builds no weights, setup materialises each rank's part
+    init_device: ClassVar[str] = "cpu"
 
     def __init__(self, cfg: StrategyConfig, device: str = "auto", precision: str = "auto") -> None:
         self.cfg = cfg
         self.rank = int(os.environ.get("RANK", 0))
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.mesh_shape = resolve_mesh(cfg, self.world_size)
         self.device = resolve_device(device, self.local_rank, local_world_size())
         self.autocast_dtype = resolve_precision(precision, self.device)
         self.model: nn.Module | None = None
@@ -110,6 +117,21 @@ class Strategy(ABC):
                 f"trainer.spike_policy=skip is not supported with {cls.describe(cfg.strategy)}: its engine "
                 "steps as soon as gradients are reduced; use spike_policy=log"
             )
+        if cfg.strategy.tp > 1 and "tp" not in cls.parallel_dims:
+            raise ConfigError(
+                f"strategy.tp={cfg.strategy.tp} (tensor parallelism) is not supported with "
+                f"{cls.describe(cfg.strategy)}; use strategy=fsdp for it, or strategy.tp=1"
+            )
+        if cfg.strategy.pp > 1 and "pp" not in cls.parallel_dims:
+            raise ConfigError(
+                f"strategy.pp={cfg.strategy.pp}: pipeline parallelism is not implemented yet "
+                "(docs/SCALING.md); use strategy.pp=1 and shard with strategy=fsdp strategy.tp=N"
+            )
+
+    @classmethod
+    def check_plan(cls, cfg: Config, mesh: MeshShape, grad_accum_steps: int) -> None:
+        """ConfigError for what this backend cannot run on `mesh` (known once the world size is)."""
+        return None
 
     @classmethod
     def model_state_shards(cls, cfg: StrategyConfig, world_size: int) -> tuple[int, int, int]:
@@ -125,6 +147,15 @@ class Strategy(ABC):
     @abstractmethod
     def consolidate(cls, directory: Path) -> dict[str, torch.Tensor]:
         """The whole model's weights from a checkpoint directory this backend saved, read in one process."""
+
+    @property
+    def data_parallel_rank(self) -> int:
+        """Which share of each global batch this rank trains on (tp and pp peers share one)."""
+        return self.mesh_shape.data_parallel_rank(self.rank)
+
+    @property
+    def data_parallel_size(self) -> int:
+        return self.mesh_shape.data_parallel_size
 
     @property
     def is_main(self) -> bool:
@@ -145,6 +176,17 @@ class Strategy(ABC):
     @abstractmethod
     def setup(self, model: nn.Module, optim_cfg: OptimConfig, layout: StepLayout) -> None:
         """Move/wrap the model for this backend (compiled if the layout says so), build its optimizer."""
+
+    @torch.no_grad()
+    def load_full_weights(self, groups: Iterable[dict[str, torch.Tensor]], from_rank0: bool = False) -> None:
+        """Copy whole tensors (parameter name -> full tensor) into this rank's part of the set-up model,
+        group by group; `from_rank0`: only rank 0's groups hold tensors, the others receive their parts.
+
+        Strategies with `init_device="meta"` are filled this way (random initialisation, init_from)."""
+        params = dict(self.unwrapped_model.named_parameters(remove_duplicate=False))
+        for group in groups:
+            for name, tensor in group.items():
+                params[name].copy_(tensor)
 
     @abstractmethod
     def forward_backward(

@@ -1,9 +1,15 @@
-"""FSDP2: weights, gradients and optimizer state sharded over ranks, one shard group per transformer block."""
+"""FSDP2 over a device mesh: data parallelism that shards weights, gradients and optimizer state (HSDP
+with strategy.dp_replicate > 1), optionally with tensor parallelism (strategy.tp) inside each replica.
+
+The model is built on the meta device and parallelised in torchtitan's order (tensor parallel,
+activation checkpointing, compile, fully_shard), then each rank materialises and fills only its part.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -16,29 +22,101 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy
 
-from gptforge.config import OptimConfig, StrategyConfig
-from gptforge.errors import CheckpointError
+from gptforge.config import Config, OptimConfig, StrategyConfig
+from gptforge.errors import CheckpointError, ConfigError
 from gptforge.trainer.checkpoint.layout import DCP_DIR  # one shard file per rank plus .metadata
 from gptforge.trainer.optim import build_optimizer
 from gptforge.trainer.strategies.base import StepLayout, apply_activation_checkpointing, clip_and_step_local
 from gptforge.trainer.strategies.distributed import DistributedStrategy
+from gptforge.trainer.strategies.mesh import MESH_DIMS, MeshShape, build_device_mesh
+from gptforge.trainer.strategies.parallelize import (
+    apply_fsdp,
+    apply_tensor_parallel,
+    fill_local,
+    fuse_state,
+    split_fused_qkv,
+    split_state,
+)
+
+# the prefixes wrappers add to parameter names (activation checkpointing, compile): not in checkpoints
+WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def clean_name(name: str) -> str:
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
 
 
 class FSDPStrategy(DistributedStrategy):
-    """`fully_shard` on every block, then on the root (embeddings, final norm, head)."""
+    """`fully_shard` on every block, then on the root (embeddings, final norm, head), over the mesh's
+    data-parallel dimensions; tensor parallelism over its `tp` dimension."""
 
-    checkpoint_format = "dcp"  # DCP reshards on load: another world size resumes the model and optimizer
+    checkpoint_format = "dcp"  # DCP reshards on load: another mesh resumes the model and optimizer
     shards_parameters = True
+    parallel_dims = frozenset({"dp_replicate", "dp_shard", "tp"})
+    init_device = "meta"
+
+    @classmethod
+    def check(cls, cfg: Config) -> None:
+        super().check(cfg)
+        tp, model = cfg.strategy.tp, cfg.model
+        if tp == 1:
+            return
+        sizes = {
+            "model.n_head": model.n_head,
+            "model.n_kv_head": model.kv_heads,
+            "the MLP hidden size (model.intermediate_size)": model.mlp_hidden_size,
+        }
+        for key, size in sizes.items():
+            if size % tp:
+                raise ConfigError(
+                    f"strategy.tp={tp} does not divide {key}={size}: each tensor-parallel rank takes whole "
+                    f"heads and an equal share of the MLP; choose a tp that divides {size}"
+                )
+        if model.lora.rank:
+            raise ConfigError(
+                f"model.lora.rank={model.lora.rank} is not supported with strategy.tp={tp}; "
+                "fine-tune LoRA adapters with strategy.tp=1"
+            )
+
+    @classmethod
+    def check_plan(cls, cfg: Config, mesh: MeshShape, grad_accum_steps: int) -> None:
+        tp = mesh.tp
+        if tp > 1 and cfg.model.vocab_size % tp:
+            raise ConfigError(
+                f"strategy.tp={tp} does not divide model.vocab_size={cfg.model.vocab_size} (embedding and "
+                f"head are split by vocabulary rows); set model.vocab_multiple to a multiple of {tp}"
+            )
+        if tp > 1 and cfg.model.block_size % tp:
+            raise ConfigError(
+                f"strategy.tp={tp} does not divide model.block_size={cfg.model.block_size} (norms are "
+                "sequence-parallel); choose a tp that divides it"
+            )
 
     @classmethod
     def model_state_shards(cls, cfg: StrategyConfig, world_size: int) -> tuple[int, int, int]:
-        return world_size, world_size, world_size
+        from gptforge.trainer.strategies.mesh import resolve_mesh
+
+        mesh = resolve_mesh(cfg, world_size)
+        split = mesh.dp_shard * mesh.tp * mesh.pp  # replicas (dp_replicate) each hold a whole copy
+        return split, split, split
+
+    @classmethod
+    def describe(cls, cfg: StrategyConfig) -> str:
+        dims = [f"{dim}={getattr(cfg, dim)}" for dim in MESH_DIMS if getattr(cfg, dim) > 1]
+        kind = "fsdp (HSDP)" if cfg.dp_replicate > 1 else "fsdp"
+        return f"{kind} {' '.join(dims)}".strip()
 
     def setup(self, model: nn.Module, optim_cfg: OptimConfig, layout: StepLayout) -> None:
         self.layout = layout
-        model.to(self.device)
+        self.mesh = build_device_mesh(self.mesh_shape, self.device.type)
+        self.model_cfg = model.cfg
+        split_fused_qkv(model)  # q, k, v apart at every tp, so checkpoints resume under any mesh
+        if self.mesh_shape.tp > 1:
+            apply_tensor_parallel(model, self.mesh["tp"], self.cfg.loss_parallel)
         if self.cfg.activation_checkpointing:
             apply_activation_checkpointing(model)
         if layout.compile:
@@ -46,29 +124,58 @@ class FSDPStrategy(DistributedStrategy):
                 block.compile()  # per block, as torchtitan does: one compiled graph reused by every layer
         # compute in the autocast dtype, reduce gradients in fp32: bf16 sums over many ranks lose bits
         mixed_precision = MixedPrecisionPolicy(param_dtype=self.autocast_dtype, reduce_dtype=torch.float32)
-        shard = {
-            "mp_policy": mixed_precision,
-            "reshard_after_forward": self.cfg.reshard_after_forward,
+        dims = ("dp_replicate", "dp_shard") if self.mesh_shape.dp_replicate > 1 else ("dp_shard",)
+        apply_fsdp(
+            model,
+            self.mesh[dims],
+            mixed_precision,
+            reshard_after_forward=self.cfg.reshard_after_forward,
             **self.cfg.extra,
-        }
-        for block in model.blocks:
-            fully_shard(block, **shard)
-        fully_shard(model, **shard)
+        )
+        model.to_empty(device=self.device)  # uninitialised: load_full_weights fills each rank's part
+        model.reset_buffers()
         self.model = model
         self.optimizer = build_optimizer(model, optim_cfg, self.device)
 
+    @torch.no_grad()
+    def load_full_weights(self, groups: Iterable[dict[str, torch.Tensor]], from_rank0: bool = False) -> None:
+        if from_rank0:
+            (state,) = groups
+            options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+            set_model_state_dict(self.model, split_state(state, self.model_cfg), options=options)
+            return
+        params = {clean_name(n): p for n, p in self.model.named_parameters(remove_duplicate=False)}
+        for group in groups:
+            for name, tensor in split_state(group, self.model_cfg).items():
+                if name in params:
+                    fill_local(params[name], tensor.to(params[name].dtype))
+
     def autocast(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # the mixed-precision policy casts the weights instead
+
+    def loss_context(self) -> contextlib.AbstractContextManager:
+        if self.cfg.loss_parallel and self.mesh_shape.tp > 1:
+            from torch.distributed.tensor.parallel import loss_parallel
+
+            return loss_parallel()
+        return contextlib.nullcontext()
 
     def forward_backward(
         self, input_ids: torch.Tensor, targets: torch.Tensor, loss_scale: float, sync_grads: bool
     ) -> torch.Tensor:
         # False: gradients stay unsharded and accumulate locally; the last micro-batch reduce-scatters them
         self.model.set_requires_gradient_sync(sync_grads)
-        with self.collective("all_gather / reduce_scatter of the FSDP shards (forward/backward)"):
+        collective = self.collective("all_gather / reduce_scatter of the shards (forward/backward)")
+        with collective, self.loss_context():
             _, loss = self.model(input_ids, targets)
             (loss * loss_scale).backward()
-        return loss.detach()
+        return _local(loss.detach())
+
+    @torch.no_grad()
+    def eval_loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with self.loss_context():
+            _, loss = self.model(input_ids, targets)
+        return _local(loss.detach())
 
     def clip_and_step(self, lr: float, skip: bool = False) -> tuple[torch.Tensor, bool]:
         with self.collective("all_reduce of the gradient norm (FSDP)"):
@@ -84,7 +191,7 @@ class FSDPStrategy(DistributedStrategy):
         dcp.save(self._state(), checkpoint_id=directory / DCP_DIR)
 
     def load(self, directory: Path) -> None:
-        # DCP reads each rank's part of every tensor, so a checkpoint loads under another world size too
+        # DCP reads each rank's part of every tensor, so a checkpoint loads under another mesh too
         state = self._state()
         dcp.load(state, checkpoint_id=directory / DCP_DIR)
         set_model_state_dict(self.model, state["model"])
@@ -92,7 +199,7 @@ class FSDPStrategy(DistributedStrategy):
 
     def full_model_state_dict(self) -> dict[str, torch.Tensor]:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(self.model, options=options)
+        return fuse_state(get_model_state_dict(self.model, options=options))
 
     @classmethod
     def consolidate(cls, directory: Path) -> dict[str, torch.Tensor]:
@@ -110,4 +217,9 @@ class FSDPStrategy(DistributedStrategy):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # one process: meant
             dcp.load({"model": model_state}, checkpoint_id=path, no_dist=True)
-        return model_state
+        return fuse_state(model_state)
+
+
+def _local(loss: torch.Tensor) -> torch.Tensor:
+    """A loss the loop can add up: loss parallel returns a replicated DTensor."""
+    return loss.full_tensor() if hasattr(loss, "full_tensor") else loss
