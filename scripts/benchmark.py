@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import argparse
 
-from gptforge.benchmarks import data, train
+from gptforge.benchmarks import data, gpu, train
 from gptforge.cli import HelpFormatter, run_cli
 
-JOBS = (train, data)  # each adds its subcommand; its module docstring says what it measures
+JOBS = (train, data, gpu)  # each adds its subcommand; its module docstring says what it measures
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,7 @@
 #
 # torch is installed first and only where none is present: a CPU build on machines without a GPU
 # (GPTFORGE_TORCH, default torch==2.13.0), the default (CUDA) build where nvidia-smi sees a GPU,
-# so the `torch>=2.4` requirement never pulls a multi-GB CUDA build onto a CPU-only machine.
+# so the `torch>=2.9` requirement never pulls a multi-GB CUDA build onto a CPU-only machine.
 # Elsewhere, point pip at PyTorch's CPU wheels, e.g.
 #   GPTFORGE_TORCH="torch --index-url https://download.pytorch.org/whl/cpu" scripts/setup.sh
 set -euo pipefail

@@ -393,7 +393,7 @@ class LoggerConfig:
     tensorboard: TensorboardLoggerConfig | None = None
 
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32", "fp8")  # fp8: float8 linears + bf16 (trainer/fp8.py)
 RESUME_MODES = ("auto", "never")
 
 

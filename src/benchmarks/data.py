@@ -33,51 +33,73 @@ def _write_corpus(corpus: Path, copies: int, out: Path) -> Path:
     return out
 
 
-def bench_data(args: argparse.Namespace) -> None:
+def loader_rates(
+    corpus: Path,
+    copies: int,
+    workers: int,
+    block_size: int,
+    micro_batch_size: int,
+    vocab_size: int,
+    seconds: float,
+) -> list[tuple[str, float]]:
+    """tokens/s of each loader path on `copies` x `corpus`, with a BPE trained for it; the last entry is
+    encoding alone (HF tokenizers' encode_batch)."""
     from gptforge.data import BatchLayout, build_data, build_tokenizer
     from gptforge.data.bpe import BPETokenizer, train_bpe
     from gptforge.data.prepare import prepare_shards
     from gptforge.data.sources import TextOptions, open_local
 
-    layout = BatchLayout(block_size=args.block_size, micro_batch_size=args.micro_batch_size)
-    tokens_per_batch = args.block_size * args.micro_batch_size
+    layout = BatchLayout(block_size=block_size, micro_batch_size=micro_batch_size)
+    tokens_per_batch = block_size * micro_batch_size
+    rates = []
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = _write_corpus(Path(args.corpus), args.copies, Path(tmp) / "corpus")
+        corpus = _write_corpus(Path(corpus), copies, Path(tmp) / "corpus")
         source = open_local(str(corpus), TextOptions(text_unit="paragraph"))
         texts = (t for u in range(min(source.n_units, 8)) for t in source.documents(u))
-        bpe = BPETokenizer(train_bpe(texts, args.vocab_size, ["<|endoftext|>"]), "<|endoftext|>")
+        bpe = BPETokenizer(train_bpe(texts, vocab_size, ["<|endoftext|>"]), "<|endoftext|>")
         bpe_dir = Path(tmp) / "bpe"
         bpe_dir.mkdir()
         bpe.save(bpe_dir)
         prepared = Path(tmp) / "prepared"
-        prepare_shards(source, bpe, prepared, workers=args.workers, progress=False)
-        tokenizer_cfg = TokenizerConfig(name="bpe", path=str(bpe_dir / "tokenizer.json"))
-        tokenizer = build_tokenizer(tokenizer_cfg)
+        prepare_shards(source, bpe, prepared, workers=workers, progress=False)
+        tokenizer = build_tokenizer(TokenizerConfig(name="bpe", path=str(bpe_dir / "tokenizer.json")))
 
         runs = [("memmap random windows", DataConfig(source="memmap", path=str(prepared), val_fraction=0.0))]
         seq = DataConfig(source="memmap", path=str(prepared), val_fraction=0.0, sampling="sequential")
         runs.append(("memmap sequential windows", seq))
-        for workers in sorted({0, args.workers}):
+        for n in sorted({0, workers}):
             stream = DataConfig(
-                source="local", path=str(corpus), text_unit="paragraph", val_fraction=0.0, num_workers=workers
+                source="local", path=str(corpus), text_unit="paragraph", val_fraction=0.0, num_workers=n
             )
-            runs.append((f"streaming + BPE + packing, {workers} workers", stream))
+            runs.append((f"streaming + BPE + packing, {n} workers", stream))
         # before any loader: workers turn tokenizers' own threads off in this process
         encode_texts = [t for u in range(min(source.n_units, 8)) for t in source.documents(u)]
         start = time.perf_counter()
         n_tokens = sum(len(ids) for ids in tokenizer.encode_batch(encode_texts))
         encode_rate = n_tokens / (time.perf_counter() - start)
-        print(
-            f"corpus: {source.n_units} files, BPE vocab {tokenizer.vocab_size}, T={args.block_size}, "
-            f"B={args.micro_batch_size}"
-        )
         for name, cfg in runs:
             loader, _ = build_data(cfg, tokenizer, layout)
-            rate = _time_loader(loader, tokens_per_batch, args.seconds)
-            print(f"{name:40s} {rate / 1e6:8.2f}M tokens/s")
+            rates.append((name, _time_loader(loader, tokens_per_batch, seconds)))
             if hasattr(loader, "close"):
                 loader.close()
-        print(f"{'HF tokenizers encode_batch alone':40s} {encode_rate / 1e6:8.2f}M tokens/s")
+        rates.append(("HF tokenizers encode_batch alone", encode_rate))
+    return rates
+
+
+def bench_data(args: argparse.Namespace) -> None:
+    sizes = f"BPE vocab {args.vocab_size}, T={args.block_size}, B={args.micro_batch_size}"
+    print(f"corpus: {args.copies} x {args.corpus}, {sizes}")
+    rates = loader_rates(
+        Path(args.corpus),
+        args.copies,
+        args.workers,
+        args.block_size,
+        args.micro_batch_size,
+        args.vocab_size,
+        args.seconds,
+    )
+    for name, rate in rates:
+        print(f"{name:40s} {rate / 1e6:8.2f}M tokens/s")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -151,33 +151,44 @@ def report(measured: Measured) -> str:
     )
 
 
+def measure_alternating(
+    specs: list[str], run_root: Path, synthetic: bool, warmup_steps: int, steps: int, rounds: int
+) -> tuple[list[Measured], list[float]]:
+    """Build each config once, warm each up, then time `rounds` rounds of `steps` steps, alternating the
+    order (A B, B A, ...); returns the measured configs (closed) and, for two, each round's ratio B/A."""
+    default_threads = torch.get_num_threads()
+    configs: list[Measured] = []
+    try:
+        for i, spec in enumerate(specs):
+            configs.append(build_runner(spec, run_root / f"config_{i}", synthetic, default_threads))
+        for measured in configs:  # compile, allocator and cache warm-up: not throughput
+            measured.warmup_s = run_steps(measured, warmup_steps)
+        ratios = []
+        for round_index in range(rounds):
+            # A B, then B A: a machine that speeds up or slows down during the run favours neither
+            order = configs if round_index % 2 == 0 else configs[::-1]
+            seconds = {id(m): run_steps(m, steps) for m in order}
+            for measured in configs:
+                measured.tokens_per_sec.append(
+                    steps * measured.runner.tokens_per_step / seconds[id(measured)]
+                )
+            if len(configs) == 2:
+                ratios.append(configs[1].tokens_per_sec[-1] / configs[0].tokens_per_sec[-1])
+    finally:
+        for measured in configs:
+            measured.runner.close()
+    return configs, ratios
+
+
 def bench_train(args: argparse.Namespace) -> None:
     specs = args.compare if args.compare else [shlex.join(args.overrides)]
     synthetic = args.data == "synthetic"
-    default_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="gptforge-bench-") as tmp:
-        configs = [
-            build_runner(spec, Path(tmp) / f"config_{i}", synthetic, default_threads)
-            for i, spec in enumerate(specs)
-        ]
-        try:
-            for measured in configs:  # compile, allocator and cache warm-up: not throughput
-                measured.warmup_s = run_steps(measured, args.warmup_steps)
-            ratios = []
-            for round_index in range(args.rounds):
-                # A B, then B A: a machine that speeds up or slows down during the run favours neither
-                order = configs if round_index % 2 == 0 else configs[::-1]
-                seconds = {id(m): run_steps(m, args.steps) for m in order}
-                for measured in configs:
-                    rate = args.steps * measured.runner.tokens_per_step / seconds[id(measured)]
-                    measured.tokens_per_sec.append(rate)
-                if len(configs) == 2:
-                    ratios.append(configs[1].tokens_per_sec[-1] / configs[0].tokens_per_sec[-1])
-            if configs[0].runner.is_main:
-                print_results(args, configs, ratios, synthetic)
-        finally:
-            for measured in configs:
-                measured.runner.close()
+        configs, ratios = measure_alternating(
+            specs, Path(tmp), synthetic, args.warmup_steps, args.steps, args.rounds
+        )
+    if configs[0].runner.is_main:
+        print_results(args, configs, ratios, synthetic)
 
 
 def print_results(

@@ -68,8 +68,10 @@ class StreamingLoader:
         rank: int = 0,
         world_size: int = 1,
         num_workers: int = 0,
+        pin_memory: bool = False,
     ) -> None:
         self.spec = spec
+        self.pin_memory = pin_memory
         self.micro_batch_size = micro_batch_size
         self.grad_accum_steps = grad_accum_steps
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
@@ -121,7 +123,10 @@ class StreamingLoader:
             raise DataError(message.removeprefix("gptforge.errors.DataError: ")) from None
         self._states[stream] = state
         self._next_stream = (stream + 1) % len(self._states)
-        return inputs_and_targets(blocks)
+        inputs, targets = inputs_and_targets(blocks)
+        if self.pin_memory:  # contiguous (B, T) tensors, so that the copies to the GPU do not block
+            return inputs.contiguous().pin_memory(), targets.contiguous().pin_memory()
+        return inputs, targets
 
     def state_dict(self) -> dict:
         return {

@@ -41,6 +41,7 @@ class BatchLayout:
     world_size: int = 1
     seed: int = 0
     eval_batches: int = 20  # validation micro-batches per evaluation
+    pin_memory: bool = False  # batches in page-locked memory, for non-blocking copies to a GPU
 
 
 class DataSource:
@@ -310,6 +311,7 @@ def _window_loader(arrays: list[np.ndarray], layout: BatchLayout, sequential: bo
         layout.world_size,
         layout.seed,
         sequential,
+        layout.pin_memory,
     )
 
 
@@ -352,6 +354,7 @@ def _streaming(kind: DataSource, cfg: DataConfig, tokenizer: Tokenizer, layout: 
         layout.rank,
         layout.world_size,
         cfg.num_workers,
+        layout.pin_memory,
     )
     if separate_val:
         val_sources, val_weights = kind.open(cfg, val=True)

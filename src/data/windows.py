@@ -30,6 +30,7 @@ class RandomWindowLoader:
         world_size: int = 1,
         seed: int = 0,
         sequential: bool = False,
+        pin_memory: bool = False,
     ) -> None:
         arrays = [tokens] if isinstance(tokens, np.ndarray) else list(tokens)
         arrays = [a for a in arrays if len(a) >= block_size + 2]
@@ -49,6 +50,7 @@ class RandomWindowLoader:
         self.world_size = world_size
         self.seed = seed
         self.sequential = sequential
+        self.pin_memory = pin_memory
         self.step = 0
         self._micro_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
         if sequential:
@@ -89,7 +91,10 @@ class RandomWindowLoader:
         windows = torch.from_numpy(windows.astype(np.int64))
         # (accum, B, T+1) -> accum micro-batches of (B, T) inputs and targets
         windows = windows.view(self.grad_accum_steps, self.micro_batch_size, span)
-        return [(w[:, :-1], w[:, 1:]) for w in windows]
+        inputs, targets = windows[..., :-1].contiguous(), windows[..., 1:].contiguous()
+        if self.pin_memory:  # once per step, not per micro-batch: the copies to the GPU do not block
+            inputs, targets = inputs.pin_memory(), targets.pin_memory()
+        return list(zip(inputs, targets, strict=True))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self

@@ -21,6 +21,7 @@ from gptforge.trainer import checkpoint as ckpt
 from gptforge.trainer.callbacks import Callback
 from gptforge.trainer.checkpoint import load_initial_weights
 from gptforge.trainer.devices import precision_name, resolve_precision
+from gptforge.trainer.fp8 import convert_to_fp8
 from gptforge.trainer.initial_weights import full_tensor_groups
 from gptforge.trainer.lock import RunDirectoryLock
 from gptforge.trainer.loop import Trainer, finished_message
@@ -99,6 +100,7 @@ def build_trainer(
         strategy.data_parallel_size,
         cfg.seed,
         tcfg.eval_batches,
+        pin_memory=strategy.device.type == "cuda",
     )
     train_loader, make_val_batches = build_data(cfg.data, tokenizer, layout)
     task_evaluator = build_task_evaluator(cfg.eval, tokenizer, cfg.model.block_size, cfg.data)
@@ -158,6 +160,8 @@ def _build_model_and_trainer(
     base_groups = full_tensor_groups(model, base_fills)  # drawn lazily, after the model is sharded
     lora_groups = full_tensor_groups(model, lora_parameter_init(model))
     flops_per_token = model.flops_per_token()
+    if tcfg.precision == "fp8":  # before compile, and before a strategy wraps or shards the linears
+        convert_to_fp8(model)
     layout = StepLayout(tcfg.micro_batch_size, plan.grad_accum_steps, tcfg.grad_clip, tcfg.compile)
     strategy.setup(model, cfg.optim, layout)
     if on_meta:

@@ -48,6 +48,11 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
         return None
     if name == "fp16" and device.type != "cuda":
         raise ConfigError("trainer.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    if name == "fp8":  # the big linears in float8 (converted at build), everything else autocast to bf16
+        from gptforge.trainer.fp8 import check_fp8
+
+        check_fp8(device)
+        return torch.bfloat16
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[name]
 
 

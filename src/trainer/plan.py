@@ -22,7 +22,7 @@ from gptforge.data.pipeline import DATA_SOURCES, trains_its_tokenizer
 from gptforge.data.tokenizers import TOKENIZER_FILE, tokenizer_class
 from gptforge.errors import ConfigError
 from gptforge.trainer.checkpoint import InitSource, adopt_architecture, read_config, resolve_init_source
-from gptforge.trainer.devices import local_world_size, resolve_device
+from gptforge.trainer.devices import local_world_size, resolve_device, resolve_precision
 from gptforge.trainer.loggers import check_logger_packages
 from gptforge.trainer.resume import check_resume, find_resume_checkpoint
 from gptforge.trainer.strategies import resolve_strategy_name, strategy_class
@@ -115,6 +115,7 @@ def plan_run(cfg: Config, run_dir: Path, world: World | None = None) -> RunPlan:
         cfg, strategy=replace(cfg.strategy, name=resolve_strategy_name(cfg.strategy.name, world.world_size))
     )
     device = resolve_device(cfg.trainer.device, world.local_rank, world.local_world_size)
+    resolve_precision(cfg.trainer.precision, device)  # fp16 or fp8 where the device cannot: one line now
     check_fine_tuning(cfg)
     check_logger_packages(cfg.logger)
     mesh = resolve_mesh(cfg.strategy, world.world_size)  # one line naming the keys if they do not fit

@@ -169,8 +169,9 @@ class Strategy(ABC):
         return autocast_context(self.device, self.autocast_dtype)
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A batch onto this rank's device; the loaders pin batches for a GPU, so the copy does not block."""
         if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
+            return tensor.to(self.device, non_blocking=tensor.is_pinned())
         return tensor
 
     @abstractmethod
