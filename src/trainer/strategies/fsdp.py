@@ -31,6 +31,7 @@ class FSDPStrategy(DistributedStrategy):
 
     checkpoint_format = "dcp"  # DCP reshards on load: another world size resumes the model and optimizer
     shards_parameters = True
+    steps_whole_matrices = False  # the optimizer sees each rank's DTensor shard of a matrix
 
     @classmethod
     def model_state_shards(cls, cfg: StrategyConfig, world_size: int) -> tuple[int, int, int]:
