@@ -52,8 +52,9 @@ class Curve:
         """Training seconds at the first evaluation at or below `target`; None if it never gets there."""
         return next((seconds for seconds, _, loss in self.points if loss <= target), None)
 
-    def loss_at(self, step: int) -> float | None:
-        return next((loss for _, s, loss in self.points if s == step), None)
+    def loss_at(self, step: int) -> float:
+        """The loss of the last evaluation at or before `step`."""
+        return [loss for _, s, loss in self.points if s <= step][-1]
 
 
 class Contender:
@@ -99,8 +100,9 @@ class Contender:
             self.model.train()
         return total.item() / tokens
 
-    def race(self, eval_every: int, progress: bool = False) -> Curve:
-        """Train every step, timing the steps only; evaluate every `eval_every` steps and at the end."""
+    def race(self, eval_every: int, target: float | None = None, progress: bool = False) -> Curve:
+        """Train, timing the steps only; evaluate every `eval_every` steps and at the end, and stop at
+        the first evaluation at or below `target` (a known reference's final loss)."""
         curve, seconds = Curve(self.label, params=self.params), 0.0
         curve.points.append((0.0, 0, self.val_loss()))
         for step in range(1, self.max_steps + 1):
@@ -140,7 +142,10 @@ def bench_speedrun(args: argparse.Namespace) -> None:
                 print(f"round {round_index + 1}: {spec} ({contender.params} parameters)", flush=True)
                 try:
                     cadence = eval_every["reference" if contender.is_reference else "trainer"]
-                    curves[spec].append(contender.race(cadence, progress=not args.tiny))
+                    finals = [c.final_loss for c in curves[specs[0]]]
+                    stops = not (contender.is_reference or args.no_stop or not finals)
+                    target = statistics.median(finals) if stops else None
+                    curves[spec].append(contender.race(cadence, target, progress=not args.tiny))
                 finally:
                     contender.close()
                 print(f"round {round_index + 1}: {spec}: {describe(curves[spec][-1])}", flush=True)
@@ -155,7 +160,7 @@ def describe(curve: Curve) -> str:
 def print_results(specs: list[str], curves: dict[str, list[Curve]], args: argparse.Namespace) -> None:
     reference = curves[specs[0]]
     target = statistics.median(c.final_loss for c in reference)
-    at_step = min(c.points[-1][1] for runs in curves.values() for c in runs)
+    at_step = min(c.points[-1][1] for runs in curves.values() for c in runs)  # the last step all reached
     reference_time = statistics.median(c.time_to(target) for c in reference)
     print(
         f"\ntarget: the reference's final val loss {target:.4f} (whole validation split, "
@@ -213,6 +218,9 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=int,
         default=250,
         help="steps between the reference's evaluations (its target is its final loss)",
+    )
+    speedrun.add_argument(
+        "--no-stop", action="store_true", help="train candidates to their max_steps, not only to the target"
     )
     speedrun.add_argument("--json", help="also write the results and curves to this JSON file")
     speedrun.add_argument("--tiny", action="store_true", help="a few steps of a small model: seconds")
