@@ -117,6 +117,8 @@ class Contender:
                     print(
                         f"  step {step}: val loss {curve.points[-1][2]:.4f} after {seconds:.1f} s", flush=True
                     )
+                if target is not None and curve.points[-1][2] <= target:
+                    break
         return curve
 
     def close(self) -> None:
