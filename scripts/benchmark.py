@@ -1,9 +1,11 @@
-"""Benchmarks, one subcommand each: `train` (training throughput) and `data` (loader throughput).
+"""Benchmarks, one subcommand each: `train` (training throughput), `data` (loader throughput) and
+`speedrun` (wall time to the nanoGPT reference's validation loss).
 
     python scripts/benchmark.py train experiment=shakespeare_char_cpu --steps 200
     python scripts/benchmark.py train --compare reference "experiment=shakespeare_char_cpu"
     python scripts/benchmark.py train --compare "" "trainer.compile=true"
     python scripts/benchmark.py data --corpus data/tinyshakespeare.txt --workers 2
+    python scripts/benchmark.py speedrun --rounds 2
 
 `train` builds the real trainer from Hydra overrides (composed as scripts/train.py composes them), runs
 warm-up steps (excluded: compilation, allocator and cache warm-up), then times rounds of steps and prints
@@ -14,16 +16,20 @@ trainer's overrides is a plain PyTorch loop in nanoGPT's style on the same hyper
 
 `data` writes a synthetic corpus of --copies x the corpus into a temp directory, trains a BPE on it,
 prepares shards, then times each loader's micro-batches (excluding start-up) and prints one line per path.
+
+`speedrun` trains the reference loop and `experiment=shakespeare_char_speedrun` (or --candidate configs)
+one after another, evaluating each on the whole validation split, and prints each one's training time
+until its val loss reaches the reference's final one.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from gptforge.benchmarks import data, gpu, train
+from gptforge.benchmarks import data, gpu, speedrun, train
 from gptforge.cli import HelpFormatter, run_cli
 
-JOBS = (train, data, gpu)  # each adds its subcommand; its module docstring says what it measures
+JOBS = (train, data, speedrun, gpu)  # each adds its subcommand; its module docstring says what it measures
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ def _finite_numbers(node: object, prefix: str) -> None:
 
 # the components of a block, each a name the model builds (gptforge.models.layers) and HF conversion reads
 NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "swiglu")
+MLPS = ("gelu", "swiglu", "relu2")
 POSITIONS = ("learned", "rope")
 # a flavour is a preset of component choices: what the fields left at None become
 FLAVOURS = {
@@ -88,7 +88,9 @@ class ModelConfig:
 
     flavour: str = "gpt2"  # gpt2 | llama: a preset of the component choices below
     norm: str | None = None  # layernorm | rmsnorm; None: the flavour's
-    mlp: str | None = None  # gelu (tanh approximation, GPT-2's) | swiglu (gated SiLU); None: the flavour's
+    # gelu (tanh approximation, GPT-2's) | swiglu (gated SiLU) | relu2 (ReLU squared, modded-nanogpt's);
+    # None: the flavour's
+    mlp: str | None = None
     position: str | None = None  # learned (embedding table) | rope (rotary); None: the flavour's
     bias: bool | None = None  # biases in linear layers and norms; None: the flavour's
     vocab_size: int | None = None  # None: follow the tokenizer (rounded up to vocab_multiple)
@@ -107,6 +109,13 @@ class ModelConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02  # residual projections use init_std / sqrt(2 * n_layer) (GPT-2 scaled init)
     lora: LoraConfig = field(default_factory=LoraConfig)  # adapters for fine-tuning; see models/lora.py
+    # speedrun switches (docs/PERFORMANCE.md has what each buys); all off by default
+    qk_norm: bool = False  # RMSNorm on q and k of every head before attention (modded-nanogpt, OLMo 2)
+    logit_softcap: float = 0.0  # logits = cap * tanh(logits / cap) (Gemma 2); 0: off
+    zero_init_proj: bool = False  # output projections of attention and MLP start at zero (modded-nanogpt)
+    z_loss: float = 0.0  # adds this * mean(logsumexp(logits)^2) to the training gradient (PaLM); 0: off
+    doc_mask: bool = False  # attend only within each document of a packed block (documents end at EOS)
+    eos_id: int | None = None  # doc_mask: the EOS token id; None: the tokenizer's, set when the run plans
 
     def __post_init__(self) -> None:
         _finite_numbers(self, "model")
@@ -138,6 +147,9 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} is not valid; it must be in [0, 1)")
+        _positive("model.logit_softcap", self.logit_softcap, allow_zero=True)
+        _positive("model.z_loss", self.z_loss, allow_zero=True)
+        _positive("model.eos_id", self.eos_id, allow_zero=True)
 
     @property
     def components(self) -> Components:
@@ -146,6 +158,10 @@ class ModelConfig:
         return Components(
             **{name: preset[name] if getattr(self, name) is None else getattr(self, name) for name in preset}
         )
+
+    def with_eos(self, eos_id: int) -> ModelConfig:
+        """This config with `eos_id` filled in where `doc_mask` needs it and it is not set."""
+        return replace(self, eos_id=eos_id) if self.doc_mask and self.eos_id is None else self
 
     @property
     def head_dim(self) -> int:
@@ -264,21 +280,32 @@ class DataConfig:
             )
 
 
+OPTIMIZERS = ("adamw", "muon")
+
+
 @dataclass
 class OptimConfig:
-    """AdamW; no weight decay on norms, biases and embeddings."""
+    """AdamW, or Muon for the hidden matrices with AdamW for the rest (`muon`); no weight decay on norms,
+    biases and embeddings."""
 
-    name: str = "adamw"
-    lr: float = 1e-3  # peak learning rate, reached at the end of warm-up
+    name: str = "adamw"  # adamw | muon (torch.optim.Muon on the blocks' matrices, AdamW on the rest)
+    lr: float = 1e-3  # peak learning rate, reached at the end of warm-up (AdamW's groups)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     weight_decay: float = 0.1
     fused: bool | None = None  # None: fused kernel on CUDA, foreach elsewhere
+    muon_lr: float = 0.02  # muon: peak learning rate of the Muon matrices (scheduled like lr)
+    muon_momentum: float = 0.95  # muon: Nesterov momentum
+    muon_weight_decay: float = 0.0  # muon: decoupled weight decay of the Muon matrices
 
     def __post_init__(self) -> None:
         _finite_numbers(self, "optim")
-        _choice("optim.name", self.name, ("adamw",))
+        _choice("optim.name", self.name, OPTIMIZERS)
         _positive("optim.lr", self.lr)
+        _positive("optim.muon_lr", self.muon_lr)
+        _positive("optim.muon_weight_decay", self.muon_weight_decay, allow_zero=True)
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError(f"optim.muon_momentum={self.muon_momentum} is not valid; it must be in [0, 1)")
         _positive("optim.weight_decay", self.weight_decay, allow_zero=True)
         _positive("optim.eps", self.eps)  # 0 divides by zero where a gradient is zero: NaN weights
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):

@@ -64,7 +64,7 @@ def test_overrides_reach_the_config() -> None:
         (["model.n_layer=0"], "model.n_layer=0"),
         (["trainer.micro_batch_size=-1"], "trainer.micro_batch_size=-1"),
         (["scheduler.warmup_steps=5000"], "scheduler.warmup_steps=5000"),
-        (["trainer.precision=fp8"], "trainer.precision='fp8'"),
+        (["trainer.precision=fp4"], "trainer.precision='fp4'"),
         (["optim.betas=[0.9]"], "optim.betas"),
         (["trainer.global_batch_size=30"], "trainer.global_batch_size=30"),
     ],

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptforge.config import ModelConfig
-from gptforge.models.layers import Block, KVCache, build_norm, rope_cache, visible_keys
+from gptforge.models.layers import Block, KVCache, build_norm, document_mask, rope_cache, visible_keys
 
 IGNORE_INDEX = -100  # a target the loss skips (prompt tokens in fine-tuning)
 
@@ -39,7 +39,8 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """GPT-2 init: N(0, init_std), zero biases, residual projections at init_std / sqrt(2 * n_layer).
+        """GPT-2 init: N(0, init_std), zero biases, residual projections at init_std / sqrt(2 * n_layer)
+        (zero with `model.zero_init_proj`: every block starts as the identity).
 
         Also ties the head and fills the RoPE tables: a model built on the meta device is whole after
         `to_empty()` and this.
@@ -65,7 +66,10 @@ class GPT(nn.Module):
             if isinstance(module, nn.Linear):
                 # every module named `proj` writes into the residual stream, once per attention and MLP
                 std = residual_std if name.endswith(".proj") else self.cfg.init_std
-                plan.append((f"{prefix}weight", partial(nn.init.normal_, mean=0.0, std=std)))
+                if name.endswith(".proj") and self.cfg.zero_init_proj:  # each block starts as the identity
+                    plan.append((f"{prefix}weight", nn.init.zeros_))
+                else:
+                    plan.append((f"{prefix}weight", partial(nn.init.normal_, mean=0.0, std=std)))
                 if module.bias is not None:
                     plan.append((f"{prefix}bias", nn.init.zeros_))
             elif isinstance(module, nn.Embedding):
@@ -116,16 +120,36 @@ class GPT(nn.Module):
         if self.wpe is not None:
             x = x + self.wpe(positions)
         mask = None if attention_mask is None else visible_keys(attention_mask, start, T)
+        if self.cfg.doc_mask and kv_cache is None and attention_mask is None:
+            if self.cfg.eos_id is None:
+                raise ValueError("model.doc_mask needs model.eos_id; the run plan sets it from the tokenizer")
+            mask = document_mask(input_ids, self.cfg.eos_id)  # (B, 1, T, T)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, kv_cache[i] if kv_cache else None, mask)
         logits = self.lm_head(self.norm_f(x))  # (B, T, vocab_size)
+        cap = self.cfg.logit_softcap
+        if cap:
+            logits = cap * torch.tanh(logits.float() / cap)  # in (-cap, cap): no logit runs away
         loss = None
         if targets is not None:
             # float32 loss: a bf16 log-softmax over a large vocabulary loses precision
             flat_logits = logits.float().view(-1, logits.size(-1))
-            loss = F.cross_entropy(flat_logits, targets.reshape(-1), ignore_index=IGNORE_INDEX)
+            flat_targets = targets.reshape(-1)
+            loss = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX)
+            if self.cfg.z_loss:
+                loss = loss + self._z_loss(flat_logits, flat_targets)
         return logits, loss
+
+    def _z_loss(self, flat_logits: torch.Tensor, flat_targets: torch.Tensor) -> torch.Tensor:
+        """`z_loss * mean(logsumexp^2)` over the scored tokens as a term of value zero and that gradient.
+
+        The loss keeps the cross-entropy's value, so train and val loss stay comparable with any run,
+        while backward also pulls log Z towards 0 (PaLM's z-loss).
+        """
+        scored = flat_targets != IGNORE_INDEX
+        z = torch.logsumexp(flat_logits[scored], dim=-1).square().mean() * self.cfg.z_loss
+        return z - z.detach()
 
     def _check_window(
         self,

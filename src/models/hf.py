@@ -21,6 +21,12 @@ HF_ARCHITECTURES = {("layernorm", "gelu", "learned"): "gpt2", ("rmsnorm", "swigl
 
 def hf_model_type(cfg: ModelConfig) -> str:
     """The HF model type of `cfg`'s components; ConfigError where no HF class has them."""
+    # z_loss and zero_init_proj only change training, doc_mask only packed blocks: those export as they are
+    unsupported = [f"model.{key}" for key in ("qk_norm", "logit_softcap") if getattr(cfg, key)]
+    if unsupported:
+        raise ConfigError(
+            f"{', '.join(unsupported)} has no Hugging Face GPT-2 or Llama equivalent; not exported"
+        )
     parts = cfg.components
     components = (parts.norm, parts.mlp, parts.position)
     if components not in HF_ARCHITECTURES:

@@ -72,6 +72,19 @@ def visible_keys(attention_mask: torch.Tensor, past: int, T: int) -> torch.Tenso
     return (causal & attention_mask[:, None, None, :].bool()) | (key_pos == query_pos)
 
 
+def document_mask(input_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Which keys each token attends to, (B, 1, T, T): causal and within its own document.
+
+    A document ends with its EOS token (the EOS still sees its own document), so packed documents never
+    see each other; the block's first document may have begun in the previous block.
+    """
+    is_eos = (input_ids == eos_id).int()
+    doc = torch.cumsum(is_eos, dim=1) - is_eos  # (B, T): EOS tokens strictly before each token
+    T = input_ids.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
+    return (causal & (doc[:, :, None] == doc[:, None, :])).unsqueeze(1)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head or grouped-query causal attention; q, k and v come from one fused projection."""
 
@@ -83,6 +96,9 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, bias=bias)
         self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=bias)
         self.dropout_p = cfg.dropout
+        # model.qk_norm: unit-RMS queries and keys per head bound the attention scores (modded-nanogpt)
+        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(
         self,
@@ -98,6 +114,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, head_dim)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, head_dim)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         past = 0
@@ -140,6 +158,13 @@ class MLP(nn.Module):
         return self.proj(F.gelu(self.fc(x), approximate="tanh"))
 
 
+class ReLU2(MLP):
+    """The feed-forward of modded-nanogpt (from Primer): Linear, ReLU squared, Linear."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.relu(self.fc(x)).square())
+
+
 class SwiGLU(nn.Module):
     """Llama's gated feed-forward: proj(silu(gate(x)) * up(x)); hidden defaults to 8/3 * n_embd."""
 
@@ -155,7 +180,7 @@ class SwiGLU(nn.Module):
 
 
 # model.mlp: the class each name builds (its linear layers' names are what HF conversion and LoRA see)
-MLPS: dict[str, type[nn.Module]] = {"gelu": MLP, "swiglu": SwiGLU}
+MLPS: dict[str, type[nn.Module]] = {"gelu": MLP, "swiglu": SwiGLU, "relu2": ReLU2}
 
 
 class Block(nn.Module):

@@ -72,7 +72,8 @@ def corpus_tokenizer(plan: RunPlan, strategy: Strategy) -> tuple[RunPlan, Tokeni
     if failure is not None:
         raise failure
     vocab_size = resolve_vocab_size(None, tokenizer.vocab_size, cfg.model.vocab_multiple)
-    model = replace(cfg.model, vocab_size=vocab_size)  # the planned size was the training target
+    # the planned size was the training target
+    model = replace(cfg.model, vocab_size=vocab_size).with_eos(tokenizer.eos_id)
     return replace(plan, cfg=replace(cfg, model=model), tokenizer=tokenizer), tokenizer
 
 

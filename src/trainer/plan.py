@@ -135,6 +135,7 @@ def plan_run(cfg: Config, run_dir: Path, world: World | None = None) -> RunPlan:
     model = replace(
         cfg.model, vocab_size=resolve_vocab_size(cfg.model.vocab_size, vocab, cfg.model.vocab_multiple)
     )
+    model = model.with_eos(tokenizer.eos_id) if tokenizer is not None else model
     cfg = replace(cfg, model=model)
     cfg = _resolve_length(cfg, accum, data_ranks)
     strategy_class(cfg.strategy.name).check_plan(cfg, mesh, accum)

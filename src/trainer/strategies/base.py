@@ -75,6 +75,8 @@ class Strategy(ABC):
     skips_steps: ClassVar[bool] = True  # can leave out one optimizer step on request (spike_policy=skip)
     recomputes_activations: ClassVar[bool] = True  # strategy.activation_checkpointing is applied
     takes_zero_stage: ClassVar[bool] = False  # strategy.zero_stage means something (DeepSpeed)
+    # the optimizer steps every weight matrix whole on each rank (Muon orthogonalises whole matrices)
+    steps_whole_matrices: ClassVar[bool] = True
     # no rank holds the whole model: every rank must make the same forward calls (evaluation, sampling)
     shards_parameters: bool = False
     # mesh dimensions (strategies/mesh.py) this backend can spread over; tp and pp need strategy=fsdp
@@ -111,6 +113,11 @@ class Strategy(ABC):
             raise ConfigError(
                 f"strategy.activation_checkpointing=true is not supported with {cls.describe(cfg.strategy)}; "
                 "use strategy=fsdp or ddp for it"
+            )
+        if cfg.optim.name == "muon" and not cls.steps_whole_matrices:
+            raise ConfigError(
+                f"optim.name=muon is not supported with {cls.describe(cfg.strategy)}: Muon needs whole "
+                "weight matrices and this backend shards them or its optimizer; use strategy=single or ddp"
             )
         if cfg.trainer.spike_policy == "skip" and not cls.skips_steps:
             raise ConfigError(

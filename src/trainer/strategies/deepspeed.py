@@ -90,6 +90,7 @@ class DeepSpeedStrategy(DistributedStrategy):
     skips_steps = False  # the engine steps as soon as gradients are reduced
     recomputes_activations = False  # DeepSpeed has its own activation checkpointing API, not wired here
     takes_zero_stage = True
+    steps_whole_matrices = False  # ZeRO hands the optimizer flat partitions of the weights
 
     @classmethod
     def check(cls, cfg: Config) -> None:

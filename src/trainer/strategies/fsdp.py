@@ -57,6 +57,7 @@ class FSDPStrategy(DistributedStrategy):
     checkpoint_format = "dcp"  # DCP reshards on load: another mesh resumes the model and optimizer
     shards_parameters = True
     parallel_dims = frozenset({"dp_replicate", "dp_shard", "tp"})
+    steps_whole_matrices = False  # the optimizer sees each rank's DTensor shard of a matrix
     init_device = "meta"
 
     @classmethod
@@ -80,6 +81,11 @@ class FSDPStrategy(DistributedStrategy):
             raise ConfigError(
                 f"model.lora.rank={model.lora.rank} is not supported with strategy.tp={tp}; "
                 "fine-tune LoRA adapters with strategy.tp=1"
+            )
+        if model.qk_norm:  # its per-head norms would mix tp-local heads with data-parallel DTensors
+            raise ConfigError(
+                f"model.qk_norm is not supported with strategy.tp={tp} yet; use strategy.tp=1 (FSDP alone "
+                "shards it) or model.qk_norm=false"
             )
 
     @classmethod
