@@ -128,7 +128,7 @@ CASES = {
     "unknown scheduler": Case(train("scheduler=foo"), ("scheduler/foo", "cosine", "wsd")),
     "unknown tokenizer": Case(train("tokenizer=foo"), ("tokenizer/foo", "byte", "char")),
     "unknown model": Case(train("model=gpt5"), ("model/gpt5", "gpt2_124m", "llama_tiny")),
-    "bad precision": Case(train("trainer.precision=fp8"), ("trainer.precision='fp8'", "bf16", "fp32")),
+    "bad precision": Case(train("trainer.precision=fp4"), ("trainer.precision='fp4'", "bf16", "fp8")),
     # numbers torch would take and train to NaN weights with (or fail on deep inside)
     "lr NaN": Case(train("optim.lr=nan"), ("optim.lr=nan", "finite number")),
     "lr infinite": Case(train("optim.lr=inf"), ("optim.lr=inf", "finite number")),
