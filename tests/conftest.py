@@ -151,3 +151,14 @@ def shakespeare_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def next_line_task() -> Path:
     """The shipped task YAML of `write_next_line_task`'s 200 examples (data/tasks/next_line.yaml)."""
     return ROOT / "data" / "tasks" / "next_line.yaml"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The long files first (multiprocess and slow tests), then the rest in their order: the two xdist
+    workers (one file each at a time) then finish together, instead of one waiting on the other's last
+    long file. The sort is stable and the same on every worker, as xdist requires."""
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("multiprocess") is None and item.get_closest_marker("slow") is None
+        )
+    )
