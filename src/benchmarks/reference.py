@@ -170,12 +170,14 @@ class ReferenceRunner:
         stoi = {ch: i for i, ch in enumerate(chars)}
         split = int(len(text) * (1.0 - cfg.data.val_fraction))
         self.train_data = np.array([stoi[c] for c in text[:split]], dtype=np.uint16)
-        self.vocab_size = len(chars)
+        # random ids over the model's configured vocabulary, as the trainer's synthetic batches draw them:
+        # the head is the same size in both, so a --data synthetic ratio compares like with like
+        self.vocab_size = cfg.model.vocab_size if synthetic and cfg.model.vocab_size else len(chars)
         self.synthetic = synthetic
         self.batch_size, self.block_size = cfg.trainer.micro_batch_size, cfg.model.block_size
         model_cfg = ReferenceConfig(
             block_size=cfg.model.block_size,
-            vocab_size=len(chars),
+            vocab_size=self.vocab_size,
             n_layer=cfg.model.n_layer,
             n_head=cfg.model.n_head,
             n_embd=cfg.model.n_embd,
