@@ -356,7 +356,8 @@ class StrategyConfig:
     dp_replicate: int = 1  # data-parallel replicas (fsdp: >1 is HSDP, shards replicated across groups)
     dp_shard: int = -1  # data-parallel ranks that shard the weights; -1: the world size over the others
     tp: int = 1  # tensor-parallel ranks (fsdp): heads and MLP columns split, norms sequence-parallel
-    pp: int = 1  # pipeline stages: part of the mesh, not implemented by any strategy yet (must be 1)
+    pp: int = 1  # pipeline stages (fsdp): each rank of a pipeline keeps a contiguous run of blocks
+    pp_schedule: str = "1F1B"  # pp: a single-stage schedule of torch.distributed.pipelining (1F1B, GPipe)
     loss_parallel: bool = False  # tp: cross-entropy on vocabulary-sharded logits (never gathers them whole)
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific keys passed through unchanged
 

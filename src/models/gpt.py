@@ -84,7 +84,7 @@ class GPT(nn.Module):
     @torch.no_grad()
     def reset_buffers(self) -> None:
         """Fill the RoPE tables (derived from the config, never saved)."""
-        if self.wpe is None:
+        if self.cfg.components.position == "rope":
             cfg = self.cfg
             cos, sin = rope_cache(cfg.head_dim, cfg.block_size, cfg.rope_theta, device=self.rope_cos.device)
             self.rope_cos.copy_(cos)
@@ -105,16 +105,17 @@ class GPT(nn.Module):
         token's position in its own row (default: the cached length onwards, alike for every row) and
         `attention_mask` (B, cached + T) marks the keys that are real tokens; padding is never attended.
         """
-        B, T = input_ids.size()
+        B, T = input_ids.shape[:2]
         start = kv_cache[0].length if kv_cache else 0
         self._check_window(B, T, start, positions, attention_mask)
-        x = self.wte(input_ids)  # (B, T, n_embd)
-        rope = None
+        # a later pipeline stage (strategies/pipeline.py keeps only its layers) gets hidden states
+        x = self.wte(input_ids) if self.wte is not None else input_ids  # (B, T, n_embd)
+        rope, uses_rope = None, self.cfg.components.position == "rope"
         if positions is None:
             positions = torch.arange(start, start + T, device=input_ids.device)  # (T,): every row alike
-            if self.wpe is None:
+            if uses_rope:
                 rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])  # (T, head_dim)
-        elif self.wpe is None:
+        elif uses_rope:
             # each row its own angles: (B, 1, T, head_dim), broadcast over the heads
             rope = (self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1))
         if self.wpe is not None:
@@ -124,22 +125,27 @@ class GPT(nn.Module):
             if self.cfg.eos_id is None:
                 raise ValueError("model.doc_mask needs model.eos_id; the run plan sets it from the tokenizer")
             mask = document_mask(input_ids, self.cfg.eos_id)  # (B, 1, T, T)
-        x = self.drop(x)
-        for i, block in enumerate(self.blocks):
+        if self.wte is not None:
+            x = self.drop(x)
+        for i, block in enumerate(self.blocks.children()):  # a ModuleList, or a pipeline stage's dict
             x = block(x, rope, kv_cache[i] if kv_cache else None, mask)
+        if self.lm_head is None:  # an earlier pipeline stage: its output is the next stage's input
+            return x, None
         logits = self.lm_head(self.norm_f(x))  # (B, T, vocab_size)
         cap = self.cfg.logit_softcap
         if cap:
             logits = cap * torch.tanh(logits.float() / cap)  # in (-cap, cap): no logit runs away
-        loss = None
-        if targets is not None:
-            # float32 loss: a bf16 log-softmax over a large vocabulary loses precision
-            flat_logits = logits.float().view(-1, logits.size(-1))
-            flat_targets = targets.reshape(-1)
-            loss = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX)
-            if self.cfg.z_loss:
-                loss = loss + self._z_loss(flat_logits, flat_targets)
-        return logits, loss
+        return logits, None if targets is None else self.loss(logits, targets)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of `forward`'s logits: mean cross-entropy ignoring -100s (plus z-loss)."""
+        # float32 loss: a bf16 log-softmax over a large vocabulary loses precision
+        flat_logits = logits.float().view(-1, logits.size(-1))
+        flat_targets = targets.reshape(-1)
+        loss = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX)
+        if self.cfg.z_loss:
+            loss = loss + self._z_loss(flat_logits, flat_targets)
+        return loss
 
     def _z_loss(self, flat_logits: torch.Tensor, flat_targets: torch.Tensor) -> torch.Tensor:
         """`z_loss * mean(logsumexp^2)` over the scored tokens as a term of value zero and that gradient.

@@ -229,7 +229,14 @@ def train(cfg: Config, run_dir: Path | None = None, callbacks: list[Callback] | 
     trainer = build_trainer(cfg, Path(run_dir or cfg.out_dir), callbacks=callbacks)
     try:
         metrics = trainer.fit()
-        if cfg.trainer.sample_tokens and metrics:
+        if cfg.trainer.sample_tokens and metrics and not trainer.strategy.runs_whole_model:
+            if trainer.strategy.is_main:
+                print(
+                    "gptforge: no sample printed: each pipeline stage holds some blocks only; sample the "
+                    f"checkpoint with python scripts/generate.py {trainer.run_dir}",
+                    flush=True,
+                )
+        elif cfg.trainer.sample_tokens and metrics:
             # every rank samples in step: with sharded weights (FSDP, ZeRO-3) each forward gathers them
             text = trainer.sample(cfg.trainer.sample_tokens)
             if trainer.strategy.is_main:

@@ -227,6 +227,7 @@ class Trainer:
                 "step": self.step,
                 "tokens_seen": self.tokens_seen,
                 "world_size": self.strategy.world_size,
+                "mesh": list(self.strategy.mesh_shape.sizes),  # pp, dp_replicate, dp_shard, tp
                 "global_batch_size": self.train_loader.global_batch_size,
                 "config_hash": self.config_hash,
                 "step_guard": self.guard.state_dict(),  # the same on every rank: it judges the global loss
@@ -253,8 +254,10 @@ class Trainer:
         for callback in self.callbacks:
             if callback.name in state.get("callbacks", {}):
                 callback.load_state_dict(state["callbacks"][callback.name])
-        same_ranks = state.get("world_size", 1) == self.strategy.world_size
-        # another world size only resumes data whose position is the same on every rank (checked before)
+        same_ranks = state.get("world_size", 1) == self.strategy.world_size and state.get(
+            "mesh", list(self.strategy.mesh_shape.sizes)
+        ) == list(self.strategy.mesh_shape.sizes)
+        # another layout only resumes data whose position is the same on every rank (checked before)
         rank_state = ckpt.load_rank_state(directory, self.strategy.rank if same_ranks else 0)
         self.train_loader.load_state_dict(rank_state["data"])
         if same_ranks:

@@ -26,6 +26,7 @@ from gptforge.errors import ConfigError, LaunchError
 from gptforge.trainer.checkpoint import CHECKPOINTS, CONFIG, Checkpointer, read_trainer_state
 from gptforge.trainer.checkpoint.layout import WANDB_ID_FILE
 from gptforge.trainer.strategies import STRATEGIES, resolve_strategy_name, strategy_class
+from gptforge.trainer.strategies.mesh import MeshShape, resolve_mesh
 
 # keys that name this start rather than the run: where it lives and how it was asked to start
 RUN_KEYS = ("out_dir", "name", "debug", "dry_run", "trainer.resume", "trainer.overwrite")
@@ -57,6 +58,13 @@ SAFE_TO_CHANGE = (
     "strategy.backend",
     "strategy.activation_checkpointing",
     "strategy.reshard_after_forward",
+    # the mesh: DCP reshards a checkpoint onto another (check_layout says when the data cannot follow)
+    "strategy.dp_replicate",
+    "strategy.dp_shard",
+    "strategy.tp",
+    "strategy.pp",
+    "strategy.pp_schedule",
+    "strategy.loss_parallel",
 )
 
 
@@ -124,19 +132,21 @@ def _ranks(count: int) -> str:
     return f"{count} rank" if count == 1 else f"{count} ranks"
 
 
-def check_world_size(
-    directory: Path, saved_world: int, world: int, cfg: Config, saved_global: int | None
+def check_layout(
+    directory: Path, saved: tuple[int, MeshShape], current: tuple[int, MeshShape], cfg: Config, state: dict
 ) -> None:
-    """LaunchError unless a checkpoint written by `saved_world` ranks continues exactly on `world` ranks.
+    """LaunchError unless a checkpoint written on `saved` (world size, mesh) continues exactly on `current`.
 
     Random-window data (text_file, memmap) draws step s's global batch from (seed, s) alone, and
-    `single`, `ddp` and `fsdp` load model and optimizer on any world size: those resume as long as the
-    global batch stays the same. Streaming data keeps a position per rank and DeepSpeed shards its
-    optimizer per rank: those need the same world size.
+    `single`, `ddp` and `fsdp` load model and optimizer on any world size and mesh: those resume as long
+    as the global batch stays the same. Streaming data keeps a position per data-parallel rank and
+    DeepSpeed shards its optimizer per rank: those need the same world size and mesh.
     """
-    if saved_world == world:
+    if saved == current:
         return
-    current_global = cfg.trainer.global_batch_size or cfg.trainer.micro_batch_size * world
+    (saved_world, saved_mesh), (world, mesh) = saved, current
+    saved_global = state.get("global_batch_size")
+    current_global = cfg.trainer.global_batch_size or cfg.trainer.micro_batch_size * mesh.data_parallel_size
     fixed = strategy_class(resolve_strategy_name(cfg.strategy.name, world)).fixed_world_size
     if fixed:
         reason = fixed
@@ -149,6 +159,13 @@ def check_world_size(
         )
     else:
         return
+    if saved_world == world:  # the same ranks, laid out on another mesh
+        raise LaunchError(
+            f"checkpoint {directory.name} was written on the mesh {saved_mesh.describe()}; this run's is "
+            f"{mesh.describe()} ({reason}): resume with the strategy.dp_replicate/dp_shard/tp/pp it was "
+            f"written with, or start a new run from its weights with trainer.init_from={directory} "
+            "out_dir=<new dir>"
+        )
     raise LaunchError(
         f"checkpoint {directory.name} was written by {_ranks(saved_world)}; this run has {world} ({reason}): "
         f"resume with NPROC={saved_world}, or start a new run from its weights with "
@@ -196,7 +213,9 @@ def check_resume(cfg: Config, run_dir: Path, directory: Path | None, world_size:
     else:
         state = read_trainer_state(directory)
         saved_world = state.get("world_size", 1)
-        check_world_size(directory, saved_world, world_size, cfg, state.get("global_batch_size"))
+        saved_mesh = MeshShape(*state["mesh"]) if "mesh" in state else None  # (earlier versions: none)
+        layout = (saved_world, saved_mesh or resolve_mesh(cfg.strategy, world_size))
+        check_layout(directory, layout, (world_size, resolve_mesh(cfg.strategy, world_size)), cfg, state)
         saved = _load_yaml(directory / CONFIG)
         if state.get("config_hash") == config_hash(current, world_size):
             unsafe = []

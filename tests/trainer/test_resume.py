@@ -14,7 +14,8 @@ from gptforge.config import Config, DataConfig, ModelConfig, StrategyConfig, Tra
 from gptforge.errors import ConfigError, LaunchError
 from gptforge.trainer import train
 from gptforge.trainer.lock import LOCK_FILE
-from gptforge.trainer.resume import check_world_size, config_changes, config_hash, set_aside
+from gptforge.trainer.resume import check_layout, config_changes, config_hash, set_aside
+from gptforge.trainer.strategies.mesh import MeshShape
 
 QUICK = ["trainer.threads=1", "trainer.eval_every=0", "trainer.log_every=1", "scheduler.warmup_steps=1"]
 
@@ -105,9 +106,26 @@ def world_cfg(source: str = "text_file", strategy: str = "ddp", global_batch: in
     )
 
 
+def layout(world: int, **mesh: int) -> tuple[int, MeshShape]:
+    return world, MeshShape(**{"dp_shard": world, **mesh})
+
+
 def test_world_size_change_resumes_random_windows_with_the_same_global_batch(tmp_path: Path) -> None:
-    check_world_size(tmp_path / "step_20", 2, 1, world_cfg(global_batch=8), saved_global=8)
-    check_world_size(tmp_path / "step_20", 1, 2, world_cfg(), saved_global=8)
+    state = {"global_batch_size": 8}
+    check_layout(tmp_path / "step_20", layout(2), layout(1), world_cfg(global_batch=8), state)
+    check_layout(tmp_path / "step_20", layout(1), layout(2), world_cfg(), state)
+
+
+def test_a_mesh_change_on_the_same_ranks_resumes_random_windows_but_not_a_stream(tmp_path: Path) -> None:
+    pipelined, tensor_parallel = layout(2, pp=2, dp_shard=1), layout(2, tp=2, dp_shard=1)
+    state = {"global_batch_size": 8}
+    check_layout(tmp_path / "step_20", pipelined, tensor_parallel, world_cfg("text_file", "fsdp", 8), state)
+    with pytest.raises(LaunchError) as raised:
+        check_layout(tmp_path / "step_20", pipelined, layout(2), world_cfg("local", "fsdp", 8), state)
+    assert str(raised.value).startswith(
+        "checkpoint step_20 was written on the mesh pp=2; this run's is dp_shard=2 (data.source=local "
+        "keeps a stream position per rank): resume with the strategy.dp_replicate/dp_shard/tp/pp it was "
+    )
 
 
 @pytest.mark.parametrize(
@@ -122,7 +140,7 @@ def test_world_size_change_that_cannot_continue_exactly_is_one_clear_line(
     tmp_path: Path, cfg: Config, reason: str
 ) -> None:
     with pytest.raises(LaunchError) as raised:
-        check_world_size(tmp_path / "step_20", 2, 1, cfg, saved_global=8)
+        check_layout(tmp_path / "step_20", layout(2), layout(1), cfg, {"global_batch_size": 8})
     message = str(raised.value)
     assert message.startswith("checkpoint step_20 was written by 2 ranks; this run has 1 (")
     assert (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -30,8 +30,8 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
     # torchtitan's choice; the wrapper strips its own prefix from state-dict keys, so checkpoints match
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    for i, block in enumerate(model.blocks):
-        model.blocks[i] = checkpoint_wrapper(block)
+    for name, block in list(model.blocks.named_children()):  # a ModuleList, or a pipeline stage's dict
+        setattr(model.blocks, name, checkpoint_wrapper(block))
 
 
 @dataclass(frozen=True)
@@ -45,14 +45,28 @@ class StepLayout:
 
 
 def clip_and_step_local(
-    model: nn.Module, optimizer: torch.optim.Optimizer, max_norm: float, lr: float, skip: bool
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    max_norm: float,
+    lr: float,
+    skip: bool,
+    combine_norm: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, bool]:
-    """`Strategy.clip_and_step` for backends whose gradients sit in `param.grad` (single, DDP, FSDP)."""
+    """`Strategy.clip_and_step` for backends whose gradients sit in `param.grad` (single, DDP, FSDP);
+    `combine_norm` turns this rank's norm into the global one where ranks hold different weights (pp)."""
     from gptforge.trainer.optim import set_lr
 
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm or float("inf"))
-    if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor holding the global norm
-        grad_norm = grad_norm.full_tensor()
+    if combine_norm is None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm or float("inf"))
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor holding the global norm
+            grad_norm = grad_norm.full_tensor()
+    else:  # what clip_grad_norm_ does, with the norm made global in between (as torchtitan does)
+        params = [p for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = combine_norm(grad_norm)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm or float("inf"), grad_norm)
     # one host sync per step: the price of never applying a NaN update (DeepSpeed pays the same)
     stepped = not skip and bool(torch.isfinite(grad_norm))
     if stepped:
@@ -79,6 +93,8 @@ class Strategy(ABC):
     steps_whole_matrices: ClassVar[bool] = True
     # no rank holds the whole model: every rank must make the same forward calls (evaluation, sampling)
     shards_parameters: bool = False
+    # every rank can run the whole model's forward (sampling, task scores); not a pipeline stage's blocks
+    runs_whole_model: bool = True
     # mesh dimensions (strategies/mesh.py) this backend can spread over; tp and pp need strategy=fsdp
     parallel_dims: ClassVar[frozenset[str]] = frozenset({"dp_replicate", "dp_shard"})
     # the device the model is built on: "meta" builds no weights, setup materialises each rank's part
@@ -131,8 +147,8 @@ class Strategy(ABC):
             )
         if cfg.strategy.pp > 1 and "pp" not in cls.parallel_dims:
             raise ConfigError(
-                f"strategy.pp={cfg.strategy.pp}: pipeline parallelism is not implemented yet "
-                "(docs/SCALING.md); use strategy.pp=1 and shard with strategy=fsdp strategy.tp=N"
+                f"strategy.pp={cfg.strategy.pp} (pipeline parallelism) is not supported with "
+                f"{cls.describe(cfg.strategy)}; use strategy=fsdp for it, or strategy.pp=1"
             )
 
     @classmethod

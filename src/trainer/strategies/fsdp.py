@@ -1,8 +1,10 @@
 """FSDP2 over a device mesh: data parallelism that shards weights, gradients and optimizer state (HSDP
-with strategy.dp_replicate > 1), optionally with tensor parallelism (strategy.tp) inside each replica.
+with strategy.dp_replicate > 1), optionally with tensor parallelism (strategy.tp) inside each replica
+and pipeline stages (strategy.pp) along the model.
 
-The model is built on the meta device and parallelised in torchtitan's order (tensor parallel,
-activation checkpointing, compile, fully_shard), then each rank materialises and fills only its part.
+The model is built on the meta device and parallelised in torchtitan's order (pipeline split, tensor
+parallel, activation checkpointing, compile, fully_shard), then each rank materialises and fills only
+its part.
 """
 
 from __future__ import annotations
@@ -39,7 +41,11 @@ from gptforge.trainer.strategies.parallelize import (
     split_fused_qkv,
     split_state,
 )
+from gptforge.trainer.strategies.pipeline import Pipeline, check_pipeline, keep_stage, stage_layers
 
+# the optimizer's group settings keyed by parameter name (`param_groups.blocks.3.mlp.up.weight.lr`), as its
+# state is: keyed by group index, the groups of two pipeline stages would overwrite each other in DCP
+FLAT_OPTIMIZER = StateDictOptions(flatten_optimizer_state_dict=True)
 # the prefixes wrappers add to parameter names (activation checkpointing, compile): not in checkpoints
 WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.")
 
@@ -56,13 +62,15 @@ class FSDPStrategy(DistributedStrategy):
 
     checkpoint_format = "dcp"  # DCP reshards on load: another mesh resumes the model and optimizer
     shards_parameters = True
-    parallel_dims = frozenset({"dp_replicate", "dp_shard", "tp"})
+    parallel_dims = frozenset({"dp_replicate", "dp_shard", "tp", "pp"})
     steps_whole_matrices = False  # the optimizer sees each rank's DTensor shard of a matrix
     init_device = "meta"
 
     @classmethod
     def check(cls, cfg: Config) -> None:
         super().check(cfg)
+        if cfg.strategy.pp > 1:
+            cls.check_pipelined(cfg)
         tp, model = cfg.strategy.tp, cfg.model
         if tp == 1:
             return
@@ -89,7 +97,24 @@ class FSDPStrategy(DistributedStrategy):
             )
 
     @classmethod
+    def check_pipelined(cls, cfg: Config) -> None:
+        pp = cfg.strategy.pp
+        check_pipeline(cfg.model, pp, cfg.strategy.pp_schedule)
+        if cfg.trainer.init_from:  # rank 0 would read weights of every stage, and no stage has them all
+            raise ConfigError(
+                f"trainer.init_from is not supported with strategy.pp={pp} yet; start from it with "
+                "strategy.pp=1 (fsdp, tp), or resume a pipelined run's own checkpoint"
+            )
+        if cfg.eval.tasks:
+            raise ConfigError(
+                f"eval.tasks is not supported with strategy.pp={pp}: no rank holds the whole model; score "
+                "the checkpoint with scripts/evaluate.py"
+            )
+
+    @classmethod
     def check_plan(cls, cfg: Config, mesh: MeshShape, grad_accum_steps: int) -> None:
+        if mesh.pp > 1:
+            check_pipeline(cfg.model, mesh.pp, cfg.strategy.pp_schedule, grad_accum_steps)
         tp = mesh.tp
         if tp > 1 and cfg.model.vocab_size % tp:
             raise ConfigError(
@@ -120,13 +145,17 @@ class FSDPStrategy(DistributedStrategy):
         self.layout = layout
         self.mesh = build_device_mesh(self.mesh_shape, self.device.type)
         self.model_cfg = model.cfg
+        if self.mesh_shape.pp > 1:  # first: every later step sees this stage's modules only
+            stage, pp = self.mesh["pp"].get_local_rank(), self.mesh_shape.pp
+            keep_stage(model, stage_layers(model.cfg.n_layer, pp)[stage], stage == 0, stage == pp - 1)
+            self.runs_whole_model = False
         split_fused_qkv(model)  # q, k, v apart at every tp, so checkpoints resume under any mesh
         if self.mesh_shape.tp > 1:
             apply_tensor_parallel(model, self.mesh["tp"], self.cfg.loss_parallel)
         if self.cfg.activation_checkpointing:
             apply_activation_checkpointing(model)
         if layout.compile:
-            for block in model.blocks:
+            for block in model.blocks.children():
                 block.compile()  # per block, as torchtitan does: one compiled graph reused by every layer
         # compute in the autocast dtype, reduce gradients in fp32: bf16 sums over many ranks lose bits
         mixed_precision = MixedPrecisionPolicy(param_dtype=self.autocast_dtype, reduce_dtype=torch.float32)
@@ -142,6 +171,11 @@ class FSDPStrategy(DistributedStrategy):
         model.reset_buffers()
         self.model = model
         self.optimizer = build_optimizer(model, optim_cfg, self.device)
+        self.pipeline = None
+        if self.mesh_shape.pp > 1:
+            self.pipeline = Pipeline(
+                model, self.mesh, self.device, self.cfg.pp_schedule, layout.grad_accum_steps
+            )
 
     @torch.no_grad()
     def load_full_weights(self, groups: Iterable[dict[str, torch.Tensor]], from_rank0: bool = False) -> None:
@@ -169,6 +203,9 @@ class FSDPStrategy(DistributedStrategy):
     def forward_backward(
         self, input_ids: torch.Tensor, targets: torch.Tensor, loss_scale: float, sync_grads: bool
     ) -> torch.Tensor:
+        if self.pipeline is not None:  # it keeps the micro-batches and runs the step on the last
+            with self.collective("send / recv between pipeline stages (forward/backward)"):
+                return self.pipeline.forward_backward(input_ids, targets, loss_scale, sync_grads)
         # False: gradients stay unsharded and accumulate locally; the last micro-batch reduce-scatters them
         self.model.set_requires_gradient_sync(sync_grads)
         collective = self.collective("all_gather / reduce_scatter of the shards (forward/backward)")
@@ -179,31 +216,42 @@ class FSDPStrategy(DistributedStrategy):
 
     @torch.no_grad()
     def eval_loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.pipeline is not None:
+            with self.collective("send / recv between pipeline stages (evaluation)"):
+                return self.pipeline.eval_loss(input_ids, targets)
         with self.loss_context():
             _, loss = self.model(input_ids, targets)
         return _local(loss.detach())
 
     def clip_and_step(self, lr: float, skip: bool = False) -> tuple[torch.Tensor, bool]:
         with self.collective("all_reduce of the gradient norm (FSDP)"):
-            return clip_and_step_local(self.model, self.optimizer, self.layout.grad_clip, lr, skip)
+            combine = self.pipeline.combine_norm if self.pipeline is not None else None
+            return clip_and_step_local(self.model, self.optimizer, self.layout.grad_clip, lr, skip, combine)
 
-    def _state(self) -> dict:
+    def _state(self, options: StateDictOptions) -> dict:
         return {
             "model": get_model_state_dict(self.model),
-            "optimizer": get_optimizer_state_dict(self.model, self.optimizer),
+            "optimizer": get_optimizer_state_dict(self.model, self.optimizer, options=options),
         }
 
     def save(self, directory: Path) -> None:
-        dcp.save(self._state(), checkpoint_id=directory / DCP_DIR)
+        dcp.save(self._state(FLAT_OPTIMIZER), checkpoint_id=directory / DCP_DIR)
 
     def load(self, directory: Path) -> None:
         # DCP reads each rank's part of every tensor, so a checkpoint loads under another mesh too
-        state = self._state()
-        dcp.load(state, checkpoint_id=directory / DCP_DIR)
+        path = directory / DCP_DIR
+        saved_keys = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+        # checkpoints written before pipeline stages keyed the optimizer's groups by their index
+        options = StateDictOptions() if "optimizer.param_groups.0.lr" in saved_keys else FLAT_OPTIMIZER
+        state = self._state(options)
+        dcp.load(state, checkpoint_id=path)
         set_model_state_dict(self.model, state["model"])
-        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=options)
 
     def full_model_state_dict(self) -> dict[str, torch.Tensor]:
+        if self.pipeline is not None:  # each stage's weights, gathered whole, then the stages' on rank 0
+            stage = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+            return fuse_state(self.pipeline.gather_stages({k: v.cpu() for k, v in stage.items()}))
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return fuse_state(get_model_state_dict(self.model, options=options))
 

@@ -14,6 +14,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
+    PrepareModuleOutput,
     RowwiseParallel,
     SequenceParallel,
     parallelize_module,
@@ -45,7 +46,7 @@ def qkv_sizes(cfg: ModelConfig) -> tuple[int, int, int]:
 
 def split_fused_qkv(model: nn.Module) -> None:
     """Replace every block's plain `attn.qkv` by a SplitQKV (LoRA-wrapped layers stay fused)."""
-    for block in model.blocks.values() if isinstance(model.blocks, nn.ModuleDict) else model.blocks:
+    for block in model.blocks.children():
         if type(block.attn.qkv) is nn.Linear:
             block.attn.qkv = SplitQKV(block.attn.qkv, qkv_sizes(model.cfg))
 
@@ -108,7 +109,7 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, loss_parallel: 
         desired_input_layouts=(Replicate(), None, None, None),
         use_local_output=True,
     )
-    for block in model.blocks.values() if isinstance(model.blocks, nn.ModuleDict) else model.blocks:
+    for block in model.blocks.children():
         mlp_in = ["fc"] if hasattr(block.mlp, "fc") else ["gate", "up"]
         plan = {
             "norm_1": SequenceParallel(),
@@ -126,6 +127,27 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, loss_parallel: 
         # each rank computes its own heads: the attention's views use the local head counts
         block.attn.n_head //= tp
         block.attn.n_kv_head //= tp
+    # a pipeline stage hands on the whole sequence, so a later stage sees the run's positions (RoPE):
+    # gathered after its last block, split again before the next stage's first
+    blocks = list(model.blocks.children())
+    if model.wte is None:
+        parallelize_module(
+            blocks[0],
+            tp_mesh,
+            PrepareModuleInput(
+                input_layouts=(Replicate(), None, None, None),
+                desired_input_layouts=(Shard(1), None, None, None),
+                use_local_output=True,
+            ),
+        )
+    if model.lm_head is None:
+        parallelize_module(
+            blocks[-1],
+            tp_mesh,
+            PrepareModuleOutput(
+                output_layouts=Shard(1), desired_output_layouts=Replicate(), use_local_output=True
+            ),
+        )
 
 
 def apply_fsdp(
@@ -133,7 +155,7 @@ def apply_fsdp(
 ) -> None:
     """`fully_shard` on every block, then on the root (embeddings, final norm, head); a 2-D `dp_mesh`
     (dp_replicate, dp_shard) is HSDP: shards within a group, replicas across groups."""
-    blocks = model.blocks.values() if isinstance(model.blocks, nn.ModuleDict) else model.blocks
+    blocks = model.blocks.children()
     for block in blocks:
         fully_shard(block, mesh=dp_mesh, mp_policy=mp_policy, **shard)
     fully_shard(model, mesh=dp_mesh, mp_policy=mp_policy, **shard)
