@@ -101,6 +101,10 @@ def estimate(tmp_path: Path, overrides: list[str], world_size: int = 1) -> Memor
     return plan_estimates(*planned(tmp_path, overrides, world_size), "fp32")[0]
 
 
+def figures(measured: float, planned: MemoryEstimate) -> str:
+    return f"measured {measured / MIB:.1f} MiB, estimate {planned.total / MIB:.1f} MiB"
+
+
 def within(estimate_bytes: float, measured_bytes: float, tolerance: float = 0.15) -> bool:
     return abs(estimate_bytes / measured_bytes - 1) <= tolerance
 
@@ -150,6 +154,7 @@ def test_estimate_is_within_15_percent_of_a_measured_single_process_peak(
     run = train_single(tmp_path / "run", *overrides, "trainer.max_steps=2")
     measured = run.peak - trivial_single.peak
     planned = estimate(tmp_path, overrides)
+    print(f"\nsingle, checkpointing={checkpointing}: {figures(measured, planned)}")  # docs/SCALING.md
     assert within(planned.total, measured), (planned.describe(), measured / MIB)
     # the comparison can fail: an estimate that forgot the optimizer state, or counted the activations of
     # the other checkpointing setting, would be outside 15%
@@ -167,14 +172,23 @@ def test_fsdp_over_two_ranks_builds_on_meta_and_needs_within_60_percent_of_one_p
     fsdp = train_fsdp(tmp_path / "fsdp", *STATE_HEAVY, one_step)
     trivial_fsdp = train_fsdp(tmp_path / "trivial_fsdp", *TRIVIAL, one_step)
     single_model, fsdp_model = single.peak - trivial_single.peak, fsdp.peak - trivial_fsdp.peak
-    assert fsdp_model <= 0.6 * single_model, (fsdp_model / MIB, single_model / MIB)
-    assert within(estimate(tmp_path, STATE_HEAVY).total, single_model)
-    assert within(estimate(tmp_path, [*STATE_HEAVY, "strategy=fsdp"], world_size=2).total, fsdp_model)
+    single_plan = estimate(tmp_path, STATE_HEAVY)
+    fsdp_plan = estimate(tmp_path, [*STATE_HEAVY, "strategy=fsdp"], world_size=2)
     # the build: what building this model added over building a trivial one; a rank of the meta build
     # never holds the whole fp32 model (the one-process build does, which shows the measure sees it)
     full_weights = 4 * planned(tmp_path, STATE_HEAVY)[1].num_params(non_embedding=False)
-    assert fsdp.build - trivial_fsdp.build < 0.75 * full_weights, (fsdp.build / MIB, full_weights / MIB)
-    assert single.build - trivial_single.build > 0.9 * full_weights
+    fsdp_build, single_build = fsdp.build - trivial_fsdp.build, single.build - trivial_single.build
+    print(  # the figures of docs/SCALING.md
+        f"\nsingle: {figures(single_model, single_plan)}\nfsdp rank: {figures(fsdp_model, fsdp_plan)}"
+        f"\nfsdp / single: {fsdp_model / single_model:.2f} (with what any process holds: "
+        f"{fsdp.peak / single.peak:.2f}); build over the fp32 model: fsdp {fsdp_build / full_weights:.2f}, "
+        f"single {single_build / full_weights:.2f}"
+    )
+    assert fsdp_model <= 0.6 * single_model, (fsdp_model / MIB, single_model / MIB)
+    assert within(single_plan.total, single_model)
+    assert within(fsdp_plan.total, fsdp_model)
+    assert fsdp_build < 0.75 * full_weights, (fsdp_build / MIB, full_weights / MIB)
+    assert single_build > 0.9 * full_weights
 
 
 def staged(cfg: Config, vocab_size: int) -> Config:
