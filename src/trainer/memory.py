@@ -47,10 +47,12 @@ class ModelShapes:
         blocks = {id(p) for p in model.blocks.parameters()}
         root = [p for p in params if id(p) not in blocks]
         linears = {id(m.weight): m.weight for m in model.modules() if isinstance(m, nn.Linear)}
+        blocks_in_order = model.blocks.values() if isinstance(model.blocks, nn.ModuleDict) else model.blocks
+        first_block = next(iter(blocks_in_order))  # every block has the same shapes
         return cls(
             total=sum(p.numel() for p in params),
             trainable=sum(p.numel() for p in params if p.requires_grad),
-            per_block=sum(p.numel() for p in next(iter(model.blocks)).parameters()),
+            per_block=sum(p.numel() for p in first_block.parameters()),
             root=sum(p.numel() for p in root),
             root_trainable=sum(p.numel() for p in root if p.requires_grad),
             matmul_weights=sum(w.numel() for w in linears.values()),
