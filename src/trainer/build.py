@@ -25,7 +25,7 @@ from gptforge.trainer.fp8 import convert_to_fp8
 from gptforge.trainer.initial_weights import full_tensor_groups
 from gptforge.trainer.lock import RunDirectoryLock
 from gptforge.trainer.loop import Trainer, finished_message
-from gptforge.trainer.metrics import peak_flops_per_sec
+from gptforge.trainer.metrics import BuildMemory, current_memory_bytes, peak_flops_per_sec
 from gptforge.trainer.plan import RunPlan, grad_accum_steps, plan_run, resolve_vocab_size
 from gptforge.trainer.resume import holds_a_run, set_aside
 from gptforge.trainer.strategies import Strategy, build_strategy
@@ -144,6 +144,11 @@ def _build_model_and_trainer(
     prepare_run_dir(cfg, run_dir, strategy.is_main)
     strategy.barrier()
 
+    # torch.optim imports torch._dynamo (and sympy, ~70 MB) with the first optimizer: imported here, it is
+    # the process's memory, not the model's, in the figure below
+    import torch._dynamo
+
+    memory_before_build = current_memory_bytes(strategy.device)  # the process without its model
     on_meta = strategy.init_device == "meta"  # no weights yet: the strategy fills each rank's part below
     with torch.device(strategy.init_device):
         model = GPT(cfg.model)
@@ -174,12 +179,21 @@ def _build_model_and_trainer(
         init_state = None
         seed_everything(cfg.seed)
         strategy.load_full_weights(lora_groups)
+    build_memory = BuildMemory.since(memory_before_build, strategy.device)
     seed_everything(cfg.seed + strategy.rank)  # dropout differs across ranks, as it should
     strategy.barrier()  # every rank has read the run directory: now it may change
     if strategy.is_main:  # only now: a start refused above leaves the run directory as it was
         ckpt.save_files_atomically(run_dir, lambda tmp: ckpt.save_run_files(tmp, cfg, tokenizer))
     return Trainer(
-        plan, strategy, tokenizer, train_loader, make_val_batches, flops_per_token, task_evaluator, lock
+        plan,
+        strategy,
+        tokenizer,
+        train_loader,
+        make_val_batches,
+        flops_per_token,
+        task_evaluator,
+        lock,
+        build_memory=build_memory,
     )
 
 

@@ -17,7 +17,7 @@ from gptforge.trainer import checkpoint as ckpt
 from gptforge.trainer.callbacks import Callback, default_callbacks
 from gptforge.trainer.faults import Preempted, StepGuard, TrainingStopped
 from gptforge.trainer.lock import RunDirectoryLock
-from gptforge.trainer.metrics import ThroughputMeter, peak_flops_per_sec
+from gptforge.trainer.metrics import BuildMemory, ThroughputMeter, peak_flops_per_sec
 from gptforge.trainer.plan import RunPlan
 from gptforge.trainer.profiler import StepProfiler
 from gptforge.trainer.resume import config_hash
@@ -49,6 +49,7 @@ class Trainer:
         task_evaluator: TaskEvaluator | None = None,
         run_lock: RunDirectoryLock | None = None,
         callbacks: list[Callback] | None = None,
+        build_memory: BuildMemory | None = None,
     ) -> None:
         cfg = plan.cfg
         self.plan = plan
@@ -75,7 +76,7 @@ class Trainer:
         self.checkpointer.resume_from(plan.resume_from)
         self.tokens_per_step = train_loader.global_batch_size * cfg.model.block_size
         peak = peak_flops_per_sec(strategy.device, self.tcfg.peak_flops_per_sec)
-        self.meter = ThroughputMeter(flops_per_token, peak, strategy.world_size)
+        self.meter = ThroughputMeter(flops_per_token, peak, strategy.world_size, build_memory=build_memory)
         self.profiler = StepProfiler(self.tcfg, self.run_dir / "profile", strategy.rank, strategy.device)
         self.guard = StepGuard(self.tcfg)
         self.callbacks = default_callbacks(cfg) if callbacks is None else callbacks

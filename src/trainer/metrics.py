@@ -8,9 +8,11 @@ the output head). Peaks are dense bf16 tensor-core figures from the vendors' dat
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -44,6 +46,36 @@ def peak_memory_bytes(device: torch.device) -> int | None:
     return max_rss if sys.platform == "darwin" else max_rss * 1024  # bytes on macOS, KiB on Linux
 
 
+def current_memory_bytes(device: torch.device) -> int | None:
+    """Memory in use now: CUDA's memory_allocated on a GPU, the process's resident set on CPU (Linux).
+
+    None where it cannot be read (no /proc/self/statm: macOS, Windows).
+    """
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/self/statm") as statm:
+            resident_pages = int(statm.read().split()[1])
+    except OSError:
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class BuildMemory:
+    """One process's memory around its model build (bytes): in use before it (interpreter, torch, data,
+    process group: not the model's) and the peak once the model and optimizer are built and filled."""
+
+    before_build: int
+    peak_after_build: int
+
+    @classmethod
+    def since(cls, before_build: int | None, device: torch.device) -> BuildMemory | None:
+        """The figures of a build that started with `before_build` in use; None where memory is unreadable."""
+        peak = peak_memory_bytes(device)
+        return None if before_build is None or peak is None else cls(before_build, peak)
+
+
 class Ranks(Protocol):
     """What the meter needs of a Strategy to combine its figures across ranks."""
 
@@ -63,11 +95,13 @@ class ThroughputMeter:
         peak_per_device: float | None,
         world_size: int,
         clock: Callable[[], float] = time.perf_counter,
+        build_memory: BuildMemory | None = None,
     ) -> None:
         self.flops_per_token = flops_per_token
         self.peak_per_device = peak_per_device
         self.world_size = world_size
         self.clock = clock
+        self.build_memory = build_memory  # reported once, with the first record
         self.reset()
 
     def reset(self) -> None:
@@ -99,21 +133,29 @@ class ThroughputMeter:
         self._steps += 1
 
     def report(self, ranks: Ranks | None = None) -> dict[str, float]:
-        """Figures since the last report, averaged over `ranks` (peak memory: their maximum); then resets.
+        """Figures since the last report, averaged over `ranks` (memory: their maximum); then resets.
 
-        Costs one small all-reduce, so call it on log steps only.
+        Costs one small all-reduce, so call it on log steps only. The first report also carries the
+        build's memory (`memory_before_build_gib`, `peak_memory_after_build_gib`).
         """
         elapsed, data_wait = self.clock() - self._start - self._paused, self._data_wait
-        memory = peak_memory_bytes(ranks.device) if ranks is not None else None
+        memory: dict[str, float] = {}
+        if ranks is not None and (peak := peak_memory_bytes(ranks.device)) is not None:
+            memory["peak_memory_gib"] = peak
+            if self.build_memory is not None:
+                memory["memory_before_build_gib"] = self.build_memory.before_build
+                memory["peak_memory_after_build_gib"] = self.build_memory.peak_after_build
+        self.build_memory = None
         if ranks is not None:
-            # one collective: times are averaged; each rank's memory sits in its own slot, so the
-            # mean times world_size gathers them all and the maximum can be taken
-            slots = torch.zeros(ranks.world_size, dtype=torch.float64)
-            slots[ranks.rank] = float(memory or 0)
-            local = torch.cat([torch.tensor([elapsed, data_wait], dtype=torch.float64), slots])
+            # one collective: times are averaged; each rank's memory figures sit in its own slots, so the
+            # mean times world_size gathers them all and the maximum of each can be taken
+            slots = torch.zeros(len(memory), ranks.world_size, dtype=torch.float64)
+            slots[:, ranks.rank] = torch.tensor(list(memory.values()), dtype=torch.float64)
+            local = torch.cat([torch.tensor([elapsed, data_wait], dtype=torch.float64), slots.flatten()])
             combined = ranks.all_reduce_mean(local.to(ranks.device)).cpu()
             elapsed, data_wait = combined[0].item(), combined[1].item()
-            memory = int((combined[2:] * ranks.world_size).max().item()) if memory is not None else None
+            largest = (combined[2:].view(len(memory), ranks.world_size) * ranks.world_size).amax(dim=1)
+            memory = {key: value.item() / GIB for key, value in zip(memory, largest, strict=True)}
         elapsed = max(elapsed, 1e-9)
         steps = max(self._steps, 1)
         tokens_per_sec = self._tokens / elapsed
@@ -123,8 +165,7 @@ class ThroughputMeter:
             "step_time_s": elapsed / steps,
             "data_wait_s": data_wait / steps,
         }
-        if memory is not None:
-            record["peak_memory_gib"] = memory / GIB
+        record |= memory
         if self.peak_per_device:
             record["mfu"] = self.flops_per_token * tokens_per_sec / (self.peak_per_device * self.world_size)
         self.reset()

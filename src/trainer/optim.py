@@ -71,12 +71,25 @@ class MuonAdamW:
         self.adamw.load_state_dict(state["adamw"])
 
 
+def fused_adamw(cfg: OptimConfig, device: torch.device) -> bool:
+    """Whether AdamW runs its fused kernel: `optim.fused`, by default on CUDA."""
+    return cfg.fused if cfg.fused is not None else device.type == "cuda"
+
+
+def adamw_kernel(cfg: OptimConfig, device: torch.device) -> str:
+    """How AdamW steps on `device`: `fused`, `foreach` (torch's default on CUDA without fused) or `for-loop`
+    (one tensor at a time: torch's choice on the CPU, which has no foreach kernels)."""
+    if fused_adamw(cfg, device):
+        return "fused"
+    return "foreach" if device.type == "cuda" else "for-loop"
+
+
 def build_optimizer(
     model: nn.Module, cfg: OptimConfig, device: torch.device
 ) -> torch.optim.Optimizer | MuonAdamW:
     """AdamW over `param_groups` (the fused kernel on CUDA unless `cfg.fused` says otherwise), or with
     `cfg.name=muon`, Muon for `hidden_matrices` and that AdamW for the rest."""
-    fused = cfg.fused if cfg.fused is not None else device.type == "cuda"
+    fused = fused_adamw(cfg, device)
     muon_params = hidden_matrices(model) if cfg.name == "muon" else []
     adamw = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay, exclude={id(p) for p in muon_params}),

@@ -11,7 +11,9 @@ import torch
 from gptforge.config import Config, DataConfig
 from gptforge.models import GPT
 from gptforge.models.lora import apply_lora
-from gptforge.trainer.memory import estimate_memory
+from gptforge.trainer.communication import Communication, estimate_communication
+from gptforge.trainer.memory import MemoryEstimate, ModelShapes, estimate_memory
+from gptforge.trainer.optim import adamw_kernel
 
 if TYPE_CHECKING:
     from gptforge.trainer.plan import RunPlan
@@ -41,6 +43,7 @@ class RunSummary:
     corpus_tokens: int | None  # training tokens in the corpus, where the loader knows them
     init_from: str | None
     memory: str
+    communication: str
     run_dir: str
     start_step: int
     max_steps: int
@@ -81,6 +84,7 @@ class RunSummary:
             ("precision", self.precision),
             ("device", self.device),
             ("memory (estimate)", self.memory),
+            ("communication", self.communication),
             ("peak for MFU", peak),
             ("data", self.data),
         ]
@@ -127,6 +131,16 @@ def describe_strategy(cfg: Config) -> str:
     return strategy_class(cfg.strategy.name).describe(cfg.strategy)
 
 
+def plan_estimates(plan: RunPlan, model: GPT, precision: str) -> tuple[MemoryEstimate, Communication]:
+    """Per-rank memory and communication of a planned run of `model` (meta is enough) at `precision`."""
+    cfg, shapes = plan.cfg, ModelShapes.of(model)
+    compute_bytes = 2 if precision in ("bf16", "fp16") else 4
+    world_size, accumulation = plan.world.world_size, plan.grad_accum_steps
+    kernel = adamw_kernel(cfg.optim, plan.device)
+    memory = estimate_memory(cfg, shapes, world_size, compute_bytes, accumulation, optimizer_kernel=kernel)
+    return memory, estimate_communication(cfg, shapes, world_size, compute_bytes, accumulation)
+
+
 def describe_run(
     plan: RunPlan,
     precision: str,
@@ -141,14 +155,12 @@ def describe_run(
         model = GPT(cfg.model)
         total, non_embedding = model.num_params(non_embedding=False), model.num_params(non_embedding=True)
         apply_lora(model, cfg.model.lora)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    activation_bytes = 2 if precision in ("bf16", "fp16") else 4
-    memory = estimate_memory(cfg, trainable, total, plan.world.world_size, activation_bytes)
+    memory, communication = plan_estimates(plan, model, precision)
     return RunSummary(
         name=cfg.name,
         params_total=total,
         params_non_embedding=non_embedding,
-        params_trainable=trainable,
+        params_trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
         flops_per_token=flops_per_token,
         tokens_per_step=plan.tokens_per_step,
         micro_batch_size=cfg.trainer.micro_batch_size,
@@ -167,6 +179,7 @@ def describe_run(
         corpus_tokens=getattr(train_loader, "corpus_tokens", None),
         init_from=plan.init.describe() if plan.init is not None else None,
         memory=memory.describe(),
+        communication=communication.describe(),
         run_dir=str(plan.run_dir.resolve()),
         start_step=start_step,
         max_steps=cfg.trainer.max_steps,

@@ -11,7 +11,7 @@ import torch
 from gptforge.config import ModelConfig
 from gptforge.models import GPT
 from gptforge.trainer import train
-from gptforge.trainer.metrics import GIB, ThroughputMeter, peak_flops_per_sec
+from gptforge.trainer.metrics import GIB, BuildMemory, ThroughputMeter, peak_flops_per_sec
 
 # the tiny test model (TINY in conftest): gpt2 flavour, untied head, 66 characters in tiny Shakespeare
 C, L, H, T, V = 32, 2, 2, 32, 66
@@ -102,6 +102,28 @@ def test_meter_averages_times_over_ranks_and_takes_the_largest_peak_memory() -> 
     assert report["tokens_per_sec"] == pytest.approx(1000 / 0.5)
     assert report["peak_memory_gib"] == pytest.approx(3.0)  # this process uses far less than 3 GiB
     assert "mfu" not in report  # no peak known: n/a rather than a guess
+
+
+class TwoRanksAfterTheirBuild(TwoRanks):
+    """The partner also had 1 GiB in use before its model build and a 2 GiB peak once built."""
+
+    def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.numel() == 4:  # later records carry the peak alone
+            return super().all_reduce_mean(tensor)
+        # [elapsed, data wait, then per rank: peak, before build, peak after build]
+        partner = torch.tensor([0.7, 0.3, 0.0, 3.0 * GIB, 0.0, 1.0 * GIB, 0.0, 2.0 * GIB], dtype=tensor.dtype)
+        return (tensor + partner) / 2
+
+
+def test_the_first_record_carries_the_build_memory_largest_over_ranks() -> None:
+    build = BuildMemory(before_build=GIB // 2, peak_after_build=GIB)
+    meter = ThroughputMeter(1000, peak_per_device=None, world_size=2, clock=FakeClock(), build_memory=build)
+    first = meter.report(TwoRanksAfterTheirBuild())
+    assert first["memory_before_build_gib"] == pytest.approx(1.0)  # the partner's, larger than ours
+    assert first["peak_memory_after_build_gib"] == pytest.approx(2.0)
+    assert first["peak_memory_gib"] == pytest.approx(3.0)
+    later = meter.report(TwoRanksAfterTheirBuild())
+    assert "memory_before_build_gib" not in later and later["peak_memory_gib"] == pytest.approx(3.0)
 
 
 def test_peak_flops_configured_wins_and_cpu_has_none() -> None:

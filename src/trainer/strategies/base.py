@@ -22,6 +22,7 @@ from gptforge.trainer.devices import (
     resolve_device,
     resolve_precision,
 )
+from gptforge.trainer.memory import DataParallelCosts, ModelShapes
 from gptforge.trainer.strategies.mesh import MeshShape, resolve_mesh
 
 
@@ -99,6 +100,8 @@ class Strategy(ABC):
     parallel_dims: ClassVar[frozenset[str]] = frozenset({"dp_replicate", "dp_shard"})
     # the device the model is built on: "meta" builds no weights, setup materialises each rank's part
     init_device: ClassVar[str] = "cpu"
+    # computes under torch.autocast (False: the backend casts the weights to the compute dtype itself)
+    autocasts: ClassVar[bool] = True
 
     def __init__(self, cfg: StrategyConfig, device: str = "auto", precision: str = "auto") -> None:
         self.cfg = cfg
@@ -162,6 +165,13 @@ class Strategy(ABC):
         return 1, 1, 1
 
     @classmethod
+    def data_parallel_costs(
+        cls, cfg: Config, model: ModelShapes, world_size: int, compute_bytes: int, grad_accum_steps: int
+    ) -> DataParallelCosts:
+        """What this backend's collectives add to a rank's step, for the memory plan: none in one process."""
+        return DataParallelCosts()
+
+    @classmethod
     def describe(cls, cfg: StrategyConfig) -> str:
         """The backend as the summary names it."""
         return cfg.name
@@ -189,6 +199,8 @@ class Strategy(ABC):
         return precision_name(self.autocast_dtype)
 
     def autocast(self) -> contextlib.AbstractContextManager:
+        if not self.autocasts:
+            return contextlib.nullcontext()
         return autocast_context(self.device, self.autocast_dtype)
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:

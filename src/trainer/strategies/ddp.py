@@ -9,8 +9,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gptforge.config import OptimConfig
+from gptforge.config import Config, OptimConfig
 from gptforge.trainer.checkpoint.layout import MODEL_FILE, OPTIMIZER_FILE
+from gptforge.trainer.memory import FP32, DataParallelCosts, ModelShapes
 from gptforge.trainer.optim import build_optimizer
 from gptforge.trainer.strategies.base import StepLayout, apply_activation_checkpointing, clip_and_step_local
 from gptforge.trainer.strategies.distributed import DistributedStrategy
@@ -19,6 +20,17 @@ from gptforge.trainer.strategies.single import SingleDeviceStrategy
 
 class DDPStrategy(DistributedStrategy):
     """Data parallel with replicated weights; checkpoints are rank 0's, in the `single` strategy's format."""
+
+    @classmethod
+    def data_parallel_costs(
+        cls, cfg: Config, model: ModelShapes, world_size: int, compute_bytes: int, grad_accum_steps: int
+    ) -> DataParallelCosts:
+        # the reducer's buckets (bucket_cap_mb each) hold a second copy of every gradient, in the weights'
+        # dtype (fp32), unless the gradients are views into them (extra: {gradient_as_bucket_view: true})
+        gradient_bytes = model.trainable * FP32
+        buckets = 0.0 if cfg.strategy.extra.get("gradient_as_bucket_view") else gradient_bytes
+        all_reduce = 2 * gradient_bytes * (world_size - 1) / world_size  # a ring sends each byte ~twice
+        return DataParallelCosts(buckets, traffic=(("gradient all-reduce", all_reduce),))
 
     def setup(self, model: nn.Module, optim_cfg: OptimConfig, layout: StepLayout) -> None:
         self.layout = layout

@@ -19,6 +19,7 @@ from torch import nn
 from gptforge.config import Config, OptimConfig, StrategyConfig
 from gptforge.errors import CheckpointError, ConfigError
 from gptforge.trainer.checkpoint.layout import DEEPSPEED_DIR
+from gptforge.trainer.memory import DataParallelCosts, ModelShapes
 from gptforge.trainer.optim import build_optimizer, param_groups, set_lr
 from gptforge.trainer.strategies.base import StepLayout
 from gptforge.trainer.strategies.distributed import DistributedStrategy
@@ -91,6 +92,7 @@ class DeepSpeedStrategy(DistributedStrategy):
     recomputes_activations = False  # DeepSpeed has its own activation checkpointing API, not wired here
     takes_zero_stage = True
     steps_whole_matrices = False  # ZeRO hands the optimizer flat partitions of the weights
+    autocasts = False  # the engine keeps the weights in bf16/fp16 itself
 
     @classmethod
     def check(cls, cfg: Config) -> None:
@@ -110,6 +112,12 @@ class DeepSpeedStrategy(DistributedStrategy):
         stage = cfg.zero_stage or 0  # ZeRO-1: optimizer state, 2: also gradients, 3: also weights
         return (world_size if stage >= 3 else 1), (world_size if stage >= 2 else 1), world_size
 
+    @classmethod
+    def data_parallel_costs(
+        cls, cfg: Config, model: ModelShapes, world_size: int, compute_bytes: int, grad_accum_steps: int
+    ) -> DataParallelCosts:
+        return DataParallelCosts(traffic=None)  # the engine's buckets and collectives are not modelled
+
     @property
     def shards_parameters(self) -> bool:
         return self.cfg.zero_stage == 3
@@ -122,9 +130,6 @@ class DeepSpeedStrategy(DistributedStrategy):
             import deepspeed
 
             deepspeed.init_distributed(dist_backend=self.backend, timeout=timeout)
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()  # the engine keeps the weights in bf16/fp16 itself
 
     def setup(self, model: nn.Module, optim_cfg: OptimConfig, layout: StepLayout) -> None:
         import deepspeed

@@ -29,10 +29,11 @@ from torch.distributed.fsdp import MixedPrecisionPolicy
 from gptforge.config import Config, OptimConfig, StrategyConfig
 from gptforge.errors import CheckpointError, ConfigError
 from gptforge.trainer.checkpoint.layout import DCP_DIR  # one shard file per rank plus .metadata
+from gptforge.trainer.memory import FP32, DataParallelCosts, ModelShapes
 from gptforge.trainer.optim import build_optimizer
 from gptforge.trainer.strategies.base import StepLayout, apply_activation_checkpointing, clip_and_step_local
 from gptforge.trainer.strategies.distributed import DistributedStrategy
-from gptforge.trainer.strategies.mesh import MESH_DIMS, MeshShape, build_device_mesh
+from gptforge.trainer.strategies.mesh import MESH_DIMS, MeshShape, build_device_mesh, resolve_mesh
 from gptforge.trainer.strategies.parallelize import (
     apply_fsdp,
     apply_tensor_parallel,
@@ -65,6 +66,7 @@ class FSDPStrategy(DistributedStrategy):
     parallel_dims = frozenset({"dp_replicate", "dp_shard", "tp", "pp"})
     steps_whole_matrices = False  # the optimizer sees each rank's DTensor shard of a matrix
     init_device = "meta"
+    autocasts = False  # the mixed-precision policy casts the weights instead
 
     @classmethod
     def check(cls, cfg: Config) -> None:
@@ -129,11 +131,36 @@ class FSDPStrategy(DistributedStrategy):
 
     @classmethod
     def model_state_shards(cls, cfg: StrategyConfig, world_size: int) -> tuple[int, int, int]:
-        from gptforge.trainer.strategies.mesh import resolve_mesh
-
         mesh = resolve_mesh(cfg, world_size)
         split = mesh.dp_shard * mesh.tp * mesh.pp  # replicas (dp_replicate) each hold a whole copy
         return split, split, split
+
+    @classmethod
+    def data_parallel_costs(
+        cls, cfg: Config, model: ModelShapes, world_size: int, compute_bytes: int, grad_accum_steps: int
+    ) -> DataParallelCosts:
+        mesh = resolve_mesh(cfg.strategy, world_size)
+        split = mesh.tp * mesh.pp  # each rank's stage and tensor-parallel part, before FSDP shards it
+        block, root = model.per_block / mesh.tp, model.root / mesh.tp
+        # FSDP2 gathers one block at a time and prefetches the next: two blocks' weights in the compute
+        # dtype, and a block's unsharded gradient with its flat fp32 copy for the reduce-scatter; the root
+        # (embeddings, head) stays gathered from forward to the end of backward, its gradient through backward
+        buffers = (2 * block + root) * compute_bytes + block * (compute_bytes + FP32)
+        buffers += model.root_trainable / mesh.tp * compute_bytes
+        # gradients not synced (all micro-batches but the last) accumulate unsharded, in fp32
+        accumulated = model.trainable * FP32 / split if grad_accum_steps > 1 else None
+        shard = (mesh.dp_shard - 1) / mesh.dp_shard  # what a rank sends of each gathered or reduced tensor
+        gathers = 2 if cfg.strategy.reshard_after_forward else 1  # backward gathers the blocks again
+        gathered = (model.total / split * gathers - (gathers - 1) * root) * compute_bytes * shard
+        traffic = [
+            ("weight all-gathers", grad_accum_steps * gathered),
+            ("gradient reduce-scatter", model.trainable / split * FP32 * shard),
+        ]
+        if mesh.dp_replicate > 1:  # HSDP: each shard's gradient is all-reduced across the replicas
+            replicas = (mesh.dp_replicate - 1) / mesh.dp_replicate
+            shard_gradient = model.trainable / split / mesh.dp_shard * FP32
+            traffic.append(("replica all-reduce", 2 * shard_gradient * replicas))
+        return DataParallelCosts(buffers, accumulated, tuple(traffic))
 
     @classmethod
     def describe(cls, cfg: StrategyConfig) -> str:
@@ -189,9 +216,6 @@ class FSDPStrategy(DistributedStrategy):
             for name, tensor in split_state(group, self.model_cfg).items():
                 if name in params:
                     fill_local(params[name], tensor.to(params[name].dtype))
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()  # the mixed-precision policy casts the weights instead
 
     def loss_context(self) -> contextlib.AbstractContextManager:
         if self.cfg.loss_parallel and self.mesh_shape.tp > 1:
