@@ -153,12 +153,33 @@ def next_line_task() -> Path:
     return ROOT / "data" / "tasks" / "next_line.yaml"
 
 
+# seconds a file takes on the 2-core machine (a fresh clone's `--durations`), for the files long enough
+# to decide when the suite ends; the rest count by their markers
+FILE_SECONDS = {
+    "test_crash_resume.py": 190,
+    "test_distributed.py": 150,
+    "test_mesh.py": 150,
+    "test_readme.py": 147,
+    "test_eval_distributed.py": 69,
+    "test_memory.py": 63,
+    "test_streaming_distributed.py": 60,
+    "test_reliability.py": 57,
+    "test_gpu_check.py": 53,
+    "test_hangs.py": 50,
+    "test_resume_world_size.py": 44,
+}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The long files first (multiprocess and slow tests), then the rest in their order: the two xdist
-    workers (one file each at a time) then finish together, instead of one waiting on the other's last
-    long file. The sort is stable and the same on every worker, as xdist requires."""
-    items.sort(
-        key=lambda item: (
-            item.get_closest_marker("multiprocess") is None and item.get_closest_marker("slow") is None
-        )
-    )
+    """The longest files first (those of FILE_SECONDS, then other multiprocess and slow tests), then the
+    rest in their order: the two xdist workers (one file each at a time) then finish together, instead of
+    one waiting on the other's last long file. The sort is stable and the same on every worker, as xdist
+    requires."""
+
+    def seconds(item: pytest.Item) -> float:
+        if item.path.name in FILE_SECONDS:
+            return FILE_SECONDS[item.path.name]
+        long = item.get_closest_marker("multiprocess") or item.get_closest_marker("slow")
+        return 20 if long else 0
+
+    items.sort(key=lambda item: -seconds(item))

@@ -38,6 +38,15 @@ def peak_memory_bytes(device: torch.device) -> int | None:
     """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
+    # Linux: this process image's high-water mark. Not ru_maxrss, which exec keeps from the process that
+    # forked it: a run started by a large parent (a test runner, a notebook) would report its size.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:

@@ -23,7 +23,8 @@ def write_corpus(directory: Path) -> str:
     return str(directory / "*.jsonl")
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
+# loader workers on: the harder path (0 workers resume alike in tests/data/test_streaming.py, one process)
+@pytest.mark.parametrize("num_workers", [2])
 def test_two_ranks_stream_uneven_shards_and_resume_exactly(tmp_path: Path, num_workers: int) -> None:
     common = [
         *TINY_RUN,

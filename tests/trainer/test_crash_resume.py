@@ -31,8 +31,8 @@ STREAMING_ARGS = [
     "data.num_workers=2",
     "tokenizer=byte",
 ]
-# 2-rank torchrun jobs: DDP streaming through 2 workers per rank, FSDP2 and ZeRO-2 (ZeRO-3 and FSDP2 also
-# stop and resume once in tests/integration/test_distributed.py)
+# 2-rank torchrun jobs: DDP streaming through 2 workers per rank and ZeRO-2 (ZeRO-3 and FSDP2 also stop
+# and resume once in tests/integration/test_distributed.py; FSDP2 meshes are killed in test_mesh.py)
 JOB_RUN = [*TINY_RUN, "trainer.max_steps=16", "scheduler.warmup_steps=1", "trainer.checkpoint_every=4"]
 JOB_STRATEGIES = {
     # 42 documents leave no validation documents for some of 2 ranks' streams: no validation split
@@ -43,10 +43,10 @@ JOB_STRATEGIES = {
         "tokenizer=byte",
         "data.val_fraction=0",
     ],
-    "fsdp": ["strategy=fsdp"],
+    # (fsdp: every mesh of tests/integration/test_mesh.py is killed and resumed the same way)
     "deepspeed_zero2": ["strategy=deepspeed_zero2"],
 }
-# FSDP2 / ZeRO-2: fp32 on CPU with a fixed reduction order, so the resumed curve is bit-identical
+# ZeRO-2: fp32 on CPU with a fixed reduction order, so the resumed curve is bit-identical
 # (measured: 0.0 for both). 1e-6 on losses near 4 leaves room only for a library version that sums the
 # same numbers in another order after a load (~1e-7 per step); a resume that loses optimizer moments, a
 # shard or a data position moves the loss by 1e-3 or more within a step or two

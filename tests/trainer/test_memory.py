@@ -114,10 +114,9 @@ def within(estimate_bytes: float, measured_bytes: float, tolerance: float = 0.15
     return abs(estimate_bytes / measured_bytes - 1) <= tolerance
 
 
-@pytest.fixture
-def trivial_single(tmp_path: Path) -> Measured:
-    """The baseline, measured just before the run it is compared with."""
-    return train_single(tmp_path / "trivial", *TRIVIAL, "trainer.max_steps=2")
+@pytest.fixture(scope="module")
+def trivial_single(tmp_path_factory: pytest.TempPathFactory) -> Measured:
+    return train_single(tmp_path_factory.mktemp("trivial") / "run", *TRIVIAL, "trainer.max_steps=2")
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,17 @@ def test_a_run_logs_positive_throughput_and_an_mfu_below_one(tiny_config) -> Non
         assert r["peak_memory_gib"] > 0  # CPU: the process's peak resident memory
         assert r["tokens_seen"] == r["step"] * 4 * 32
     assert records[-1]["eta_s"] == 0
+
+
+def test_a_cpu_peak_is_the_process_own_not_its_parents() -> None:
+    # exec keeps ru_maxrss from the process that forked: a run started by a large parent (this test
+    # runner, a notebook) would report the parent's size as its peak
+    parent = bytearray(400 * 2**20)
+    parent[::4096] = b"\1" * len(parent[::4096])  # touched: resident in this process
+    code = (
+        "import torch; from gptforge.trainer.metrics import peak_memory_bytes; "
+        "print(peak_memory_bytes(torch.device('cpu')))"
+    )
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(child.stdout) < 350 * 2**20  # torch alone is ~250 MB resident
+    del parent
