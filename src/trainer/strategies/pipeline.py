@@ -42,21 +42,21 @@ def check_pipeline(model: ModelConfig, pp: int, schedule: str, grad_accum_steps:
         raise ConfigError(
             f"strategy.pp={pp} stages need at least {pp} blocks, but model.n_layer={model.n_layer}"
         )
-    unsupported = {
-        "model.tie_embeddings": "the embedding (first stage) and the head (last stage) would share a weight "
-        "across ranks; set model.tie_embeddings=false",
-        "model.doc_mask": "later stages do not see the token ids the mask is made from; "
-        "set model.doc_mask=false",
-        "model.lora.rank": "fine-tune LoRA adapters with strategy.pp=1",
+    unsupported = {  # key -> (its value, why a pipeline cannot have it)
+        "model.tie_embeddings": (
+            model.tie_embeddings,
+            "the embedding (first stage) and the head (last stage) would share a weight across ranks; "
+            "set model.tie_embeddings=false",
+        ),
+        "model.doc_mask": (
+            model.doc_mask,
+            "later stages do not see the token ids the mask is made from; set model.doc_mask=false",
+        ),
+        "model.lora.rank": (model.lora.rank, "fine-tune LoRA adapters with strategy.pp=1"),
     }
-    values = {
-        "model.tie_embeddings": model.tie_embeddings,
-        "model.doc_mask": model.doc_mask,
-        "model.lora.rank": model.lora.rank,
-    }
-    for key, why in unsupported.items():
-        if values[key]:
-            raise ConfigError(f"{key}={values[key]} is not supported with strategy.pp={pp}: {why}")
+    for key, (value, why) in unsupported.items():
+        if value:
+            raise ConfigError(f"{key}={value} is not supported with strategy.pp={pp}: {why}")
     try:
         schedule_class = get_schedule_class(schedule)
     except ValueError:
